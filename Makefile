@@ -1,0 +1,41 @@
+# One command sets up and runs the main job (`make demo`); one sets up and runs the tests
+# (`make test`). Setup creates .venv and installs with pip; it is redone when pyproject changes.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+DEMO_DIR ?= runs/demo
+
+.PHONY: setup demo test lint bench pretrain clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch/torchvision lie on this machine's disk; pip takes them from there
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(BIN)/find-ray eval --config configs/shapes.yaml eval.out_dir=$(DEMO_DIR)
+	@echo "demo report: $(DEMO_DIR)/report.md (grid: $(DEMO_DIR)/grid.png)"
+
+# pytest exits 5 when it collects no test: that is a failure here, not a pass.
+test: setup
+	$(BIN)/ruff check find_ray tests benchmarks
+	$(BIN)/pytest -q; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+lint: setup
+	$(BIN)/ruff check find_ray tests benchmarks
+	$(BIN)/ruff format --check find_ray tests benchmarks
+
+bench: setup
+	$(PY) benchmarks/sampling.py
+
+pretrain: setup
+	$(BIN)/find-ray pretrain-shapes
+
+clean:
+	rm -rf $(VENV) runs

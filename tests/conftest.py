@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny random models built from configs (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from find_ray.shapes.model import ShapesModelConfig, build_pipeline
+
+TINY_SHAPES = ShapesModelConfig(
+    block_out_channels=[8, 16], attention_heads=2, text_hidden_size=16, text_layers=1
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes_dir(tmp_path_factory):
+    """A random-weight ShapesPipeline saved with save_pretrained."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-shapes")
+    build_pipeline(TINY_SHAPES).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny models on a busy 2-core machine run ~100x slower with 2 intra-op threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

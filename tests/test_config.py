@@ -1,0 +1,52 @@
+from pathlib import Path
+
+import pytest
+
+from find_ray.config import FindRayConfig, load_config, to_yaml
+from find_ray.errors import ConfigError
+
+CONFIGS = sorted(Path(__file__).resolve().parent.parent.glob("configs/*.yaml"))
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(None, ["model.steps=7", "eval.suite=heldout"])
+    assert isinstance(cfg, FindRayConfig)
+    assert cfg.model.steps == 7 and cfg.eval.suite == "heldout" and cfg.model.guidance == 3.0
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    load_config(path)
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = load_config(None, ["model.eta=0.5"])
+    (tmp_path / "c.yaml").write_text(to_yaml(cfg))
+    assert load_config(tmp_path / "c.yaml") == cfg
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model.stepz=3", "model.stepz"),  # unknown key
+        ("modle.steps=3", "modle"),  # unknown section
+        ("model.steps=ten", "model.steps"),  # wrong type
+        ("model.steps=0", "model.steps"),  # invalid value
+        ("model.eta=2", "model.eta"),
+        ("eval.samples_per_prompt=0", "eval.samples_per_prompt"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=f"'{key}"):
+        load_config(None, [override])
+
+
+def test_bad_yaml_key_names_the_key(tmp_path):
+    (tmp_path / "bad.yaml").write_text("model:\n  guidance_scale: 3\n")
+    with pytest.raises(ConfigError, match="model.guidance_scale"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("nowhere.yaml")

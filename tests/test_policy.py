@@ -1,0 +1,101 @@
+"""Tests of find_ray.policy: Gaussian log-densities, KL, sampling, safetensors round-trip."""
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Normal
+
+from find_ray.policy import GaussianNoisePolicy, gaussian_log_prob, initial_log_prob
+
+SHAPE = (2, 3, 3)
+
+
+def _policy_with_params(seed: int = 0) -> GaussianNoisePolicy:
+    g = torch.Generator().manual_seed(seed)
+    policy = GaussianNoisePolicy(num_prompts=3, shape=SHAPE)
+    with torch.no_grad():
+        policy.mu.copy_(torch.randn(policy.mu.shape, generator=g))
+        policy.log_sigma.copy_(0.3 * torch.randn(policy.log_sigma.shape, generator=g))
+    return policy
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_log_prob_matches_torch_normal(reduction):
+    policy = _policy_with_params()
+    ids = torch.tensor([2, 0, 2, 1])
+    z = torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(1))
+    mu, sigma = policy.mean_std(ids)
+    elem = Normal(mu, sigma).log_prob(z).flatten(1)
+    expected = elem.mean(1) if reduction == "mean" else elem.sum(1)
+    assert torch.allclose(policy.log_prob(z, ids, reduction), expected, atol=1e-5)
+    assert torch.allclose(gaussian_log_prob(z, mu, sigma, reduction), expected, atol=1e-5)
+
+
+def test_bad_reduction_raises():
+    with pytest.raises(ValueError):
+        initial_log_prob(torch.zeros(1, 2), "max")
+
+
+def test_initial_policy_is_standard_normal():
+    policy = GaussianNoisePolicy(num_prompts=2, shape=SHAPE)
+    z = torch.randn(5, *SHAPE, generator=torch.Generator().manual_seed(2))
+    ids = torch.tensor([0, 1, 1, 0, 1])
+    expected = Normal(0.0, 1.0).log_prob(z).flatten(1).sum(1)
+    assert torch.allclose(policy.log_prob(z, ids, "sum"), expected, atol=1e-5)
+    assert torch.allclose(initial_log_prob(z, "sum"), expected, atol=1e-5)
+    assert torch.allclose(policy.log_prob(z, ids), initial_log_prob(z), atol=1e-6)
+    # hand value: z = 0 gives -0.5 log(2 pi) per element
+    assert initial_log_prob(torch.zeros(1, 4)).item() == pytest.approx(-0.5 * math.log(2 * math.pi))
+
+
+def test_sigma_stays_positive():
+    policy = GaussianNoisePolicy(num_prompts=1, shape=(4,))
+    with torch.no_grad():
+        policy.log_sigma.fill_(-1000.0)
+    _, sigma = policy.mean_std(torch.tensor([0]))
+    assert (sigma > 0).all() and torch.allclose(sigma, torch.full_like(sigma, 1e-4))
+    assert torch.isfinite(policy.log_prob(torch.zeros(1, 4), torch.tensor([0]))).all()
+
+
+def test_kl_zero_at_init_and_closed_form():
+    policy = GaussianNoisePolicy(num_prompts=2, shape=(2,))
+    ids = torch.tensor([0, 1])
+    assert torch.allclose(policy.kl_to_standard_normal(ids), torch.zeros(2))
+    with torch.no_grad():
+        policy.mu[1] = torch.tensor([1.0, 0.0])
+        policy.log_sigma[1] = torch.tensor([0.0, math.log(2.0)])
+    # KL(N(m, s^2) || N(0, 1)) = 0.5 (m^2 + s^2 - 1) - log s
+    # element 0: m=1, s=1 -> 0.5;  element 1: m=0, s=2 -> 1.5 - log 2
+    per_elem = [0.5, 1.5 - math.log(2.0)]
+    kl_mean = policy.kl_to_standard_normal(ids)
+    assert kl_mean[0].item() == pytest.approx(0.0, abs=1e-7)
+    assert kl_mean[1].item() == pytest.approx(sum(per_elem) / 2, rel=1e-6)
+    assert policy.kl_to_standard_normal(ids, "sum")[1].item() == pytest.approx(sum(per_elem))
+    # regulariser: mean over prompts 0 and 1 of mu^2 + (sigma - 1)^2 -> (0 + 0 + 1 + 1) / 4
+    assert policy.regulariser(ids).item() == pytest.approx(0.5)
+
+
+def test_save_load_roundtrip(tmp_path):
+    policy = _policy_with_params(seed=3)
+    path = tmp_path / "policy.safetensors"
+    policy.save(path)
+    loaded = GaussianNoisePolicy.load(path)
+    assert loaded.shape == SHAPE and loaded.num_prompts == 3
+    assert torch.equal(loaded.mu, policy.mu) and torch.equal(loaded.log_sigma, policy.log_sigma)
+
+
+def test_sampling_reproducible_with_right_moments():
+    policy = GaussianNoisePolicy(num_prompts=2, shape=(2,))
+    with torch.no_grad():
+        policy.mu[1] = torch.tensor([3.0, -1.0])
+        policy.log_sigma[1] = torch.tensor([math.log(0.5), math.log(2.0)])
+    ids = torch.ones(20000, dtype=torch.long)
+    z1 = policy.sample(ids, torch.Generator().manual_seed(7))
+    z2 = policy.sample(ids, torch.Generator().manual_seed(7))
+    assert z1.shape == (20000, 2) and not z1.requires_grad
+    assert torch.equal(z1, z2)
+    assert torch.allclose(z1.mean(0), torch.tensor([3.0, -1.0]), atol=0.05)
+    assert torch.allclose(z1.std(0), torch.tensor([0.5, 2.0]), rtol=0.03)
+    z0 = policy.sample(torch.zeros(3, dtype=torch.long))
+    assert z0.shape == (3, 2)

@@ -1,0 +1,104 @@
+"""Tests of find_ray.store: capacity and lag drops, unique ids, minibatch coverage, state_dict."""
+
+from collections import Counter
+
+import pytest
+import torch
+
+from find_ray.store import Rollout, RolloutStore
+
+
+def _rollout(rid: int, version: int = 0, prompt_id: int = 0) -> Rollout:
+    z = torch.full((2, 2), float(rid))
+    return Rollout(rid, prompt_id, z, -1.0 - rid, version, 0.1 * rid)
+
+
+def _ids(store: RolloutStore) -> list[int]:
+    return [r.rollout_id for r in store.rollouts()]
+
+
+def test_capacity_evicts_oldest_and_counts():
+    store = RolloutStore(capacity=3, max_policy_lag=10)
+    for rid in range(5):
+        assert store.add(_rollout(rid), current_version=0)
+    assert len(store) == 3 and _ids(store) == [2, 3, 4]
+    assert store.drops == Counter(evicted=2)
+
+
+def test_lag_drops_at_add_and_by_evict_stale():
+    store = RolloutStore(capacity=10, max_policy_lag=2)
+    assert store.add(_rollout(0, version=3), current_version=5)  # lag 2: kept
+    assert not store.add(_rollout(1, version=2), current_version=5)  # lag 3: dropped
+    assert store.drops["stale"] == 1 and len(store) == 1
+    store.add(_rollout(2, version=5), current_version=5)
+    store.add(_rollout(3, version=4), current_version=5)
+    assert store.evict_stale(current_version=6) == 1  # version 3 now has lag 3
+    assert _ids(store) == [2, 3] and store.drops["stale"] == 2
+    assert store.evict_stale(current_version=6) == 0
+
+
+def test_duplicate_id_raises_even_after_eviction_or_drop():
+    store = RolloutStore(capacity=1, max_policy_lag=0)
+    store.add(_rollout(0), 0)
+    with pytest.raises(ValueError, match="duplicate"):
+        store.add(_rollout(0), 0)  # held
+    store.add(_rollout(1), 0)  # evicts 0
+    assert _ids(store) == [1]
+    with pytest.raises(ValueError):
+        store.add(_rollout(0), 0)  # evicted, still seen
+    assert not store.add(_rollout(2, version=0), current_version=1)  # stale
+    with pytest.raises(ValueError):
+        store.add(_rollout(2, version=1), 1)  # dropped ids stay seen too
+
+
+def test_minibatches_cover_each_record_once_per_epoch():
+    store = RolloutStore(capacity=100, max_policy_lag=5)
+    for rid in range(10):
+        store.add(_rollout(rid, version=rid % 3, prompt_id=rid % 4), current_version=2)
+    batches = list(store.minibatches(batch_size=4, epochs=3, generator=torch.Generator()))
+    assert [len(b.rollout_id) for b in batches] == [4, 4, 2] * 3
+    epochs = [torch.cat([b.rollout_id for b in batches[i : i + 3]]) for i in (0, 3, 6)]
+    for ids in epochs:
+        assert sorted(ids.tolist()) == list(range(10))
+    assert not torch.equal(epochs[0], epochs[1]) or not torch.equal(epochs[1], epochs[2])
+    b = batches[0]
+    assert b.z.shape == (4, 2, 2) and b.z.dtype == torch.float32
+    for i, rid in enumerate(b.rollout_id.tolist()):  # columns stay aligned
+        assert torch.equal(b.z[i], torch.full((2, 2), float(rid)))
+        assert b.prompt_id[i].item() == rid % 4 and b.policy_version[i].item() == rid % 3
+        assert b.behaviour_logp[i].item() == pytest.approx(-1.0 - rid)
+        assert b.reward[i].item() == pytest.approx(0.1 * rid)
+
+
+def test_minibatches_reproducible_with_seeded_generator():
+    store = RolloutStore(capacity=100, max_policy_lag=5)
+    for rid in range(8):
+        store.add(_rollout(rid), 0)
+
+    def order(seed: int) -> list[int]:
+        gen = torch.Generator().manual_seed(seed)
+        return torch.cat([b.rollout_id for b in store.minibatches(3, 2, gen)]).tolist()
+
+    assert order(0) == order(0)
+
+
+def test_state_dict_roundtrip():
+    store = RolloutStore(capacity=3, max_policy_lag=1)
+    for rid in range(5):
+        store.add(_rollout(rid, version=1), current_version=1)
+    store.add(_rollout(9, version=0), current_version=2)  # stale
+    restored = RolloutStore(capacity=1, max_policy_lag=0)
+    restored.load_state_dict(store.state_dict())
+    assert (restored.capacity, restored.max_policy_lag) == (3, 1)
+    assert restored.drops == store.drops == Counter(evicted=2, stale=1)
+    assert _ids(restored) == _ids(store) == [2, 3, 4]
+    for a, b in zip(restored.rollouts(), store.rollouts(), strict=True):
+        assert a.rollout_id == b.rollout_id and torch.equal(a.z, b.z)
+        assert (a.behaviour_logp, a.policy_version, a.reward) == (
+            b.behaviour_logp,
+            b.policy_version,
+            b.reward,
+        )
+    for rid in (0, 9):  # evicted and dropped ids are still known after restore
+        with pytest.raises(ValueError):
+            restored.add(_rollout(rid, version=2), current_version=2)
