@@ -1,4 +1,4 @@
-"""`find-ray`: sample | eval | pretrain-shapes (train and serve come with the Ray system).
+"""`find-ray`: sample | eval | train | pretrain-shapes.
 
 Every command takes `--config FILE` and `key=value` overrides; user errors print one line and
 exit with status 2.
@@ -82,6 +82,15 @@ def cmd_eval(args) -> None:
     print(f"report: {report}")
 
 
+def cmd_train(args) -> None:
+    cfg = _config(args)
+    if not args.no_ray:
+        raise FindRayError("the Ray actor-learner system is not built yet: use --no-ray")
+    from find_ray.train import train_in_process
+
+    print(f"report: {train_in_process(cfg)}")
+
+
 def cmd_pretrain_shapes(args) -> None:
     from find_ray.shapes.pretrain import pretrain
 
@@ -106,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a prompt suite: markdown table + PNG grid")
     _common(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("train", help="learn per-prompt noise policies with FIND")
+    p.add_argument("--no-ray", action="store_true", help="run in one process (no Ray)")
+    _common(p)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("pretrain-shapes", help="train the shipped shapes diffusion model")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this")

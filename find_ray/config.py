@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from find_ray.errors import ConfigError
+from find_ray.learner import LearnerConfig
 from find_ray.shapes.pretrain import PretrainConfig
 
 SHAPES_MODEL = "shapes"  # alias of the model folder shipped inside the package
@@ -61,9 +62,27 @@ class EvalConfig:
 
 
 @dataclass
+class TrainConfig:
+    suite: str = "train"  # prompts to learn: a suite name or a file (see eval.suite)
+    prompts: list[str] = field(default_factory=list)  # explicit prompts; override the suite
+    max_prompts: int = 0  # first N prompts of the suite (0: all)
+    iterations: int = 40  # policy versions to produce
+    samples_per_prompt: int = 16  # fresh rollouts per prompt per iteration
+    rollout_batch_size: int = 64
+    seed: int = 0
+    out_dir: str = "runs/find"
+
+    def __post_init__(self) -> None:
+        for key in ("iterations", "samples_per_prompt", "rollout_batch_size"):
+            _require(getattr(self, key) >= 1, f"train.{key}", "must be >= 1")
+
+
+@dataclass
 class FindRayConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from find_ray.find import DRCM, FindLossConfig, advantages, calibration_step, policy_loss
-from find_ray.policy import GaussianNoisePolicy
-from find_ray.store import Rollout, RolloutStore
+from find_ray.find import FindLossConfig
+from find_ray.learner import Learner, LearnerConfig
+from find_ray.store import Rollout
 
 DIM = 16
 TARGETS = torch.stack([torch.ones(DIM), -torch.ones(DIM)])
@@ -35,50 +35,45 @@ def gaussian_kl(mu0, sigma0, mu1, sigma1) -> torch.Tensor:
 def run_find_bandit(
     eps: float = 0.2, iters: int = 40, per_prompt: int = 16, seed: int = 0
 ) -> BanditResult:
-    torch.manual_seed(seed)
+    """The Learner on the bandit: sample from the behaviour policy, score, add, update."""
     gen = torch.Generator().manual_seed(seed)
-    cfg = FindLossConfig(eps=eps)
-    policy = GaussianNoisePolicy(num_prompts=2, shape=(DIM,))
-    drcm = DRCM((DIM,), hidden=64)
-    policy_opt = torch.optim.Adam(policy.parameters(), lr=0.05)
-    drcm_opt = torch.optim.AdamW(drcm.parameters(), lr=1e-2)
-    store = RolloutStore(capacity=4 * per_prompt, max_policy_lag=1)  # this batch + previous
+    cfg = LearnerConfig(
+        optimizer="adamw",
+        epochs=4,
+        minibatch_size=32,
+        drcm_steps=5,
+        store_capacity=4 * per_prompt,
+        max_policy_lag=1,  # this batch + the previous one
+        loss=FindLossConfig(eps=eps, policy_lr=0.05, drcm_lr=1e-2, drcm_hidden=64),
+    )
+    learner = Learner(cfg, (DIM,), prompt_embeddings=torch.eye(2), seed=seed)
     all_prompts = torch.arange(2)
     ids = all_prompts.repeat(per_prompt)
     next_id, max_kl, max_approx_kl, rewards = 0, 0.0, 0.0, []
 
     for version in range(iters):
-        # rollouts from the behaviour policy pi_version
+        policy = learner.policy
         z = policy.sample(ids, gen)
-        logp = policy.log_prob(z, ids, cfg.logp_reduction).detach()
+        logp = policy.log_prob(z, ids, cfg.loss.logp_reduction).detach()
         reward = -((z - TARGETS[ids]) ** 2).sum(1)
         rewards.append(reward.mean().item())
-        for i in range(len(ids)):
-            rollout = Rollout(next_id, int(ids[i]), z[i], float(logp[i]), version, float(reward[i]))
-            store.add(rollout, current_version=version)
-            next_id += 1
-        store.evict_stale(version)
-
-        # DRCM calibration on the fresh batch, then clipped updates over the stored rollouts
+        learner.add(
+            [
+                Rollout(next_id + i, int(ids[i]), z[i], float(logp[i]), version, float(reward[i]))
+                for i in range(len(ids))
+            ]
+        )
+        next_id += len(ids)
         with torch.no_grad():
             mu, sigma = policy.mean_std(all_prompts)
-        for _ in range(5):
-            calibration_step(drcm, drcm_opt, mu[ids], sigma[ids], None, reward)
-        for batch in store.minibatches(batch_size=32, epochs=4, generator=gen):
-            pid = batch.prompt_id
-            adv = advantages(drcm, mu[pid], sigma[pid], None, batch.reward)
-            loss, metrics = policy_loss(policy, batch.z, pid, batch.behaviour_logp, adv, cfg)
-            policy_opt.zero_grad()
-            loss.backward()
-            policy_opt.step()
-            max_approx_kl = max(max_approx_kl, metrics["approx_kl"])
-
+        metrics = learner.update()
+        max_approx_kl = max(max_approx_kl, metrics["approx_kl"])
         with torch.no_grad():
             new_mu, new_sigma = policy.mean_std(all_prompts)
             kl = gaussian_kl(mu, sigma, new_mu, new_sigma).mean(1).max().item()
         max_kl = max(max_kl, kl)
 
-    mu_error = (policy.mu.detach() - TARGETS).abs().mean().item()
+    mu_error = (learner.policy.mu.detach() - TARGETS).abs().mean().item()
     return BanditResult(mu_error, max_kl, max_approx_kl, rewards[0], rewards[-1])
 
 

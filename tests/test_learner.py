@@ -1,0 +1,166 @@
+"""Learner, rollout worker and the in-process FIND loop (tiny random models)."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from find_ray.backends import PipelineBackend, load_pipeline
+from find_ray.config import load_config
+from find_ray.find import FindLossConfig
+from find_ray.learner import Learner, LearnerConfig
+from find_ray.rollout import RolloutWorker, score_rollouts
+from find_ray.store import Rollout
+
+SHAPE = (2, 4, 4)
+
+
+def make_rollouts(learner: Learner, n: int, first_id: int = 0, seed: int = 0) -> list[Rollout]:
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.arange(n) % learner.policy.num_prompts
+    z = learner.policy.sample(ids, gen)
+    logp = learner.policy.log_prob(z, ids).detach()
+    reward = z.flatten(1).mean(1)  # higher mean noise, higher reward
+    return [
+        Rollout(first_id + i, int(ids[i]), z[i], float(logp[i]), learner.version, float(reward[i]))
+        for i in range(n)
+    ]
+
+
+def test_natural_step_is_the_advantage_weighted_mean_of_z_minus_mu():
+    cfg = LearnerConfig(
+        optimizer="natural",
+        epochs=1,
+        minibatch_size=64,
+        drcm_steps=0,
+        learn_sigma=False,
+        loss=FindLossConfig(reg_weight=0.0, policy_lr=0.5),
+    )
+    learner = Learner(cfg, SHAPE, torch.zeros(1, 3))
+    rollouts = make_rollouts(learner, 8)
+    mu_before = learner.policy.mu.detach().clone()
+    with torch.no_grad():
+        baseline = learner.drcm(mu_before, torch.ones_like(mu_before), torch.zeros(1, 3))
+    learner.add(rollouts)
+    learner.update()
+    z = torch.stack([r.z for r in rollouts])
+    adv = torch.tensor([r.reward for r in rollouts]) - baseline  # rho = 1 on the first epoch
+    expected = mu_before[0] + 0.5 * (adv[:, None, None, None] * (z - mu_before)).mean(0)
+    assert torch.allclose(learner.policy.mu.detach()[0], expected, atol=1e-5)
+
+
+def test_update_moves_towards_reward_and_reports_metrics():
+    cfg = LearnerConfig(
+        epochs=2,
+        minibatch_size=16,
+        drcm_steps=5,
+        loss=FindLossConfig(policy_lr=0.3, drcm_lr=1e-3, drcm_hidden=16),
+    )
+    learner = Learner(cfg, SHAPE, torch.eye(2))
+    for v in range(5):
+        learner.add(make_rollouts(learner, 32, first_id=100 * v, seed=v))
+        metrics = learner.update()
+    assert learner.version == 5
+    assert learner.policy.mu.mean() > 0.05  # reward is the mean of z
+    for key in (
+        "adv_var_raw",
+        "adv_var_calibrated",
+        "clip_fraction",
+        "approx_kl",
+        "pg_loss",
+        "reg_loss",
+        "kl_to_prior",
+        "store_size",
+        "drops/stale",
+    ):
+        assert math.isfinite(metrics[key]), key
+    assert metrics["drops/stale"] > 0  # max_policy_lag 2 drops the first batches
+
+
+def test_state_dict_resumes_exactly():
+    cfg = LearnerConfig(
+        epochs=2, minibatch_size=8, drcm_steps=3, loss=FindLossConfig(policy_lr=0.3, drcm_hidden=16)
+    )
+    a = Learner(cfg, SHAPE, torch.eye(2), seed=3)
+    a.add(make_rollouts(a, 16))
+    a.update()
+    b = Learner(cfg, SHAPE, torch.eye(2), seed=99)
+    b.load_state_dict(copy.deepcopy(a.state_dict()))
+    batch = make_rollouts(a, 16, first_id=1000, seed=1)
+    a.add(batch)
+    b.add(batch)
+    a.update()
+    b.update()
+    assert a.version == b.version == 2
+    assert torch.equal(a.policy.mu, b.policy.mu) and torch.equal(
+        a.policy.log_sigma, b.policy.log_sigma
+    )
+    with pytest.raises(ValueError, match="duplicate"):
+        b.add(batch[:1])  # the seen ids were restored too
+
+
+@pytest.fixture(scope="module")
+def tiny_backend(tiny_shapes_dir):
+    return PipelineBackend(load_pipeline(str(tiny_shapes_dir)), steps=2, guidance=2.0, eta=0.0)
+
+
+def test_worker_rollouts_carry_version_and_behaviour_logp(tiny_backend):
+    prompts = ["a red circle", "two blue squares"]
+    worker = RolloutWorker(tiny_backend, prompts, batch_size=3, seed=0)
+    learner = Learner(LearnerConfig(), tiny_backend.latent_shape, torch.zeros(2, 4))
+    with torch.no_grad():
+        learner.policy.mu.add_(0.5)
+    weights, _ = learner.weights()
+    worker.set_weights(weights, version=7)
+    rollouts, images = worker.rollout([0, 1, 0, 1], [10, 11, 12, 13])
+    assert images.shape == (4, 3, 32, 32) and [r.rollout_id for r in rollouts] == [10, 11, 12, 13]
+    assert all(r.policy_version == 7 and math.isnan(r.reward) for r in rollouts)
+    z = torch.stack([r.z for r in rollouts])
+    expected = learner.policy.log_prob(z, torch.tensor([0, 1, 0, 1]))
+    assert torch.allclose(torch.tensor([r.behaviour_logp for r in rollouts]), expected)
+    assert z.mean() > 0.3  # sampled from the shifted policy, not from N(0, I)
+
+
+def test_bad_rewards_are_dropped_and_counted(tiny_backend):
+    worker = RolloutWorker(tiny_backend, ["a red circle"], seed=0)
+    rollouts, images = worker.rollout([0, 0, 0], [0, 1, 2])
+
+    def nan_scorer(images, prompts):
+        return torch.tensor([0.5, float("nan"), float("inf")]), {}
+
+    def failing_scorer(images, prompts):
+        raise RuntimeError("scorer crashed")
+
+    kept, drops = score_rollouts(nan_scorer, rollouts, images, ["a red circle"])
+    assert [r.rollout_id for r in kept] == [0] and kept[0].reward == 0.5
+    assert drops == {"bad_reward": 2}
+    kept, drops = score_rollouts(failing_scorer, rollouts, images, ["a red circle"])
+    assert kept == [] and drops == {"reward_error": 3}
+
+
+def test_train_in_process_writes_policy_report_and_tensorboard(tiny_shapes_dir, tmp_path):
+    from find_ray.policy import GaussianNoisePolicy
+    from find_ray.train import train_in_process
+
+    cfg = load_config(
+        None,
+        [
+            f"model.path={tiny_shapes_dir}",
+            "model.steps=2",
+            "train.prompts=[a red circle,a blue square]",
+            "train.iterations=2",
+            "train.samples_per_prompt=4",
+            f"train.out_dir={tmp_path}",
+            "eval.samples_per_prompt=3",
+            "learner.loss.drcm_hidden=16",
+        ],
+    )
+    report = train_in_process(cfg)
+    text = report.read_text()
+    assert "| a red circle |" in text and "scores gain" in text and "exact gain" in text
+    policy = GaussianNoisePolicy.load(tmp_path / "policy.safetensors")
+    assert policy.num_prompts == 2 and policy.shape == (3, 32, 32)
+    assert policy.mu.abs().sum() > 0  # it was updated
+    assert list((tmp_path / "tensorboard").glob("events.*"))
+    assert (tmp_path / "before_after.png").is_file()
