@@ -28,7 +28,7 @@ def _require(ok: bool, key: str, why: str) -> None:
 class ModelConfig:
     path: str = SHAPES_MODEL  # "shapes" or a local diffusers pipeline folder
     steps: int = 20  # DDIM steps
-    guidance: float = 3.0  # classifier-free guidance scale
+    guidance: float = 1.5  # classifier-free guidance scale (1: off)
     eta: float = 0.0  # DDIM eta; > 0 injects per-step noise (part of the environment)
     device: str = "cpu"
     dtype: str = "float32"

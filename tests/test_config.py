@@ -11,7 +11,7 @@ CONFIGS = sorted(Path(__file__).resolve().parent.parent.glob("configs/*.yaml"))
 def test_defaults_and_overrides():
     cfg = load_config(None, ["model.steps=7", "eval.suite=heldout"])
     assert isinstance(cfg, FindRayConfig)
-    assert cfg.model.steps == 7 and cfg.eval.suite == "heldout" and cfg.model.guidance == 3.0
+    assert cfg.model.steps == 7 and cfg.eval.suite == "heldout" and cfg.model.guidance == 1.5
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
