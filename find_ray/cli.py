@@ -29,10 +29,9 @@ def cmd_sample(args) -> None:
     import torch
 
     from find_ray.backends import PipelineBackend
-    from find_ray.images import image_grid
+    from find_ray.images import image_grid, to_uint8
     from find_ray.rewards import make_reward
     from find_ray.shapes.captions import parse_caption
-    from find_ray.shapes.pipeline import to_uint8
 
     cfg = _config(args)
     if cfg.reward.name == "shapes":

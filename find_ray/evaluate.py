@@ -16,9 +16,8 @@ import torch
 from tqdm import tqdm
 
 from find_ray.backends import PipelineBackend
-from find_ray.images import image_grid, stack
+from find_ray.images import image_grid, stack, to_uint8
 from find_ray.rewards import RewardFn
-from find_ray.shapes.pipeline import to_uint8
 
 # Maps (prompt index, standard-normal eps (k, *shape)) to z_T; the identity is the base policy.
 NoiseTransform = Callable[[int, torch.Tensor], torch.Tensor]

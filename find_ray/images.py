@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
 SCALE = 3  # 32x32 images are shown at 96x96
@@ -49,3 +50,8 @@ def stack(grids: Sequence[Image.Image], gap: int = 6) -> Image.Image:
         out.paste(g, (0, y))
         y += g.height + gap
     return out
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) floats in [0, 1] -> (B, H, W, 3) uint8."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
