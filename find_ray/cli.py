@@ -29,13 +29,12 @@ def cmd_sample(args) -> None:
     import torch
 
     from find_ray.backends import PipelineBackend
+    from find_ray.evaluate import score_labels
     from find_ray.images import image_grid, to_uint8
-    from find_ray.rewards import make_reward
-    from find_ray.shapes.captions import parse_caption
+    from find_ray.rewards import check_prompts, make_reward
 
     cfg = _config(args)
-    if cfg.reward.name == "shapes":
-        parse_caption(args.prompt)  # reject text outside the grammar before loading anything
+    check_prompts(cfg.reward, [args.prompt])
     backend = PipelineBackend.from_config(cfg.model)
     reward = make_reward(cfg.reward)
     z = torch.randn(
@@ -43,7 +42,7 @@ def cmd_sample(args) -> None:
     )
     images = backend.generate(z, [args.prompt] * args.n, seed=args.seed)
     scores, info = reward(images, [args.prompt] * args.n)
-    labels = [f"{s:.2f}" + (" ok" if e else "") for s, e in zip(scores, info["exact"], strict=True)]
+    labels = score_labels(scores.tolist(), info["exact"].tolist())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     image_grid(to_uint8(images), labels, title=args.prompt).save(args.out)
     print(f"{args.out}: mean score {scores.mean():.3f}, exact {info['exact'].mean():.3f}")
@@ -54,15 +53,12 @@ def cmd_eval(args) -> None:
 
     from find_ray.backends import PipelineBackend
     from find_ray.evaluate import evaluate, markdown_table, write_report
-    from find_ray.rewards import make_reward
-    from find_ray.shapes.captions import parse_caption
+    from find_ray.rewards import check_prompts, make_reward
     from find_ray.shapes.suites import load_suite
 
     cfg = _config(args)
     prompts = load_suite(cfg.eval.suite)
-    if cfg.reward.name == "shapes":
-        for prompt in prompts:
-            parse_caption(prompt)
+    check_prompts(cfg.reward, prompts)
     backend = PipelineBackend.from_config(cfg.model)
     results = evaluate(
         backend,

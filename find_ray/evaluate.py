@@ -109,18 +109,16 @@ def markdown_table(results: list[PromptResult]) -> str:
     return "\n".join(lines)
 
 
+def score_labels(scores: list[float], exact: list[float]) -> list[str]:
+    """Image captions for grids: the score, and "ok" on exact matches."""
+    return [f"{s:.2f}" + (" ok" if e else "") for s, e in zip(scores, exact, strict=True)]
+
+
 def suite_grid(results: list[PromptResult]):
     """One labelled row of samples per prompt, each image captioned with its score."""
     return stack(
         [
-            image_grid(
-                r.images,
-                [
-                    f"{s:.2f}" + (" ok" if e else "")
-                    for s, e in zip(r.scores, r.exact, strict=False)
-                ],
-                title=r.prompt,
-            )
+            image_grid(r.images, score_labels(r.scores.tolist(), r.exact.tolist()), title=r.prompt)
             for r in results
         ]
     )

@@ -22,23 +22,26 @@ from find_ray.evaluate import PromptResult, evaluate, suite_grid
 from find_ray.images import stack
 from find_ray.learner import Learner
 from find_ray.policy import GaussianNoisePolicy
-from find_ray.rewards import RewardFn, make_reward
+from find_ray.rewards import RewardFn, check_prompts, make_reward
 from find_ray.rollout import RolloutWorker, score_rollouts
 from find_ray.shapes.suites import load_suite
 from find_ray.stats import paired_bootstrap_ci
 
 
 def train_prompts(cfg: FindRayConfig) -> list[str]:
+    """The prompts to learn, checked against the reward before anything is loaded."""
     prompts = list(cfg.train.prompts) or load_suite(cfg.train.suite)
-    return prompts[: cfg.train.max_prompts] if cfg.train.max_prompts else prompts
+    prompts = prompts[: cfg.train.max_prompts] if cfg.train.max_prompts else prompts
+    check_prompts(cfg.reward, prompts)
+    return prompts
 
 
 def train_in_process(cfg: FindRayConfig) -> Path:
     """Runs FIND, evaluates before/after on the same seeds, writes the report; returns run dir."""
+    prompts = train_prompts(cfg)
     out = Path(cfg.train.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    prompts = train_prompts(cfg)
     backend = PipelineBackend.from_config(cfg.model)
     reward = make_reward(cfg.reward)
     learner = Learner(

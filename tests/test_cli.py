@@ -20,6 +20,14 @@ def test_prompt_outside_grammar_exits_2_with_one_line():
     assert "valid words" in result.stderr
 
 
+def test_train_with_prompt_outside_grammar_exits_2(tmp_path):
+    result = run_cli(
+        "train", "--no-ray", "train.prompts=[a purple dog]", f"train.out_dir={tmp_path}"
+    )
+    assert result.returncode == 2 and "purple" in result.stderr
+    assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())
+
+
 def test_bad_config_key_exits_2_naming_it():
     result = run_cli("eval", "model.stepz=3")
     assert result.returncode == 2 and "model.stepz" in result.stderr

@@ -34,4 +34,13 @@ def make_reward(cfg: RewardConfig) -> RewardFn:
     return REWARDS[cfg.name](cfg)
 
 
+def check_prompts(cfg: RewardConfig, prompts: list[str]) -> None:
+    """Raises PromptError for a prompt the reward cannot score (before anything is loaded)."""
+    if cfg.name == "shapes":
+        from find_ray.shapes.captions import parse_caption
+
+        for prompt in prompts:
+            parse_caption(prompt)
+
+
 from find_ray.rewards import shapes  # noqa: E402,F401  (registers itself)
