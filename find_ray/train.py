@@ -26,6 +26,7 @@ from find_ray.rewards import RewardFn, check_prompts, make_reward
 from find_ray.rollout import RolloutWorker, score_rollouts
 from find_ray.shapes.suites import load_suite
 from find_ray.stats import paired_bootstrap_ci
+from find_ray.store import Rollout
 
 
 def train_prompts(cfg: FindRayConfig) -> list[str]:
@@ -67,8 +68,7 @@ def train_in_process(cfg: FindRayConfig) -> Path:
         drops.update(dropped)
         learner.add(scored)
         metrics = learner.update()
-        rewards = torch.tensor([r.reward for r in scored])
-        metrics["reward_mean"], metrics["reward_std"] = rewards.mean().item(), rewards.std().item()
+        metrics.update(reward_metrics(scored))
         for reason, n in drops.items():
             metrics[f"drops/{reason}"] = float(n)
         for key, value in metrics.items():
@@ -81,6 +81,18 @@ def train_in_process(cfg: FindRayConfig) -> Path:
     report = write_find_report(cfg, backend, reward, prompts, learner.policy, out)
     writer.close()
     return report
+
+
+def reward_metrics(scored: list[Rollout]) -> dict[str, float]:
+    """Mean and std of the fresh rewards, overall and per prompt (`reward_mean/p03`)."""
+    rewards = torch.tensor([r.reward for r in scored])
+    prompt_ids = torch.tensor([r.prompt_id for r in scored])
+    metrics = {"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item()}
+    for p in prompt_ids.unique().tolist():
+        mine = rewards[prompt_ids == p]
+        metrics[f"reward_mean/p{p:02d}"] = mine.mean().item()
+        metrics[f"reward_std/p{p:02d}"] = mine.std().item()
+    return metrics
 
 
 def policy_transform(policy: GaussianNoisePolicy):

@@ -162,5 +162,20 @@ def test_train_in_process_writes_policy_report_and_tensorboard(tiny_shapes_dir, 
     policy = GaussianNoisePolicy.load(tmp_path / "policy.safetensors")
     assert policy.num_prompts == 2 and policy.shape == (3, 32, 32)
     assert policy.mu.abs().sum() > 0  # it was updated
-    assert list((tmp_path / "tensorboard").glob("events.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {
+        "reward_mean",
+        "reward_mean/p00",
+        "reward_mean/p01",
+        "adv_var_raw",
+        "adv_var_calibrated",
+        "clip_fraction",
+        "kl_to_prior",
+        "store_size",
+    } <= tags
+    assert len(events.Scalars("reward_mean")) == 2  # one point per iteration
     assert (tmp_path / "before_after.png").is_file()
