@@ -92,6 +92,7 @@ class Learner:
         self.store = RolloutStore(cfg.store_capacity, cfg.max_policy_lag)
         self.generator = torch.Generator().manual_seed(seed)
         self.version = 0
+        self.skipped_steps = 0  # policy steps whose loss was not finite
 
     def weights(self) -> tuple[dict[str, Tensor], int]:
         """The current policy parameters (detached copies) and their version."""
@@ -128,6 +129,9 @@ class Learner:
             loss, step = policy_loss(
                 self.policy, batch.z, b, batch.behaviour_logp, adv, self.cfg.loss
             )
+            if not torch.isfinite(loss):  # e.g. an overflowing ratio: skip, never apply it
+                self.skipped_steps += 1
+                continue
             self.policy_opt.zero_grad(set_to_none=True)
             loss.backward()
             if self.cfg.optimizer == "natural":
@@ -135,8 +139,9 @@ class Learner:
             self.policy_opt.step()
             steps.append(step)
         self.version += 1
-        for key in steps[0]:
+        for key in steps[0] if steps else ():
             metrics[key] = sum(s[key] for s in steps) / len(steps)
+        metrics["skipped_steps"] = float(self.skipped_steps)
         all_prompts = torch.arange(self.policy.num_prompts)
         with torch.no_grad():
             metrics["kl_to_prior"] = self.policy.kl_to_standard_normal(all_prompts).mean().item()
@@ -157,6 +162,7 @@ class Learner:
             "drcm_opt": self.drcm_opt.state_dict(),
             "store": self.store.state_dict(),
             "version": self.version,
+            "skipped_steps": self.skipped_steps,
             "generator": self.generator.get_state(),
         }
 
@@ -167,4 +173,5 @@ class Learner:
         self.drcm_opt.load_state_dict(state["drcm_opt"])
         self.store.load_state_dict(state["store"])
         self.version = int(state["version"])
+        self.skipped_steps = int(state["skipped_steps"])
         self.generator.set_state(state["generator"])

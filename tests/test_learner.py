@@ -179,3 +179,16 @@ def test_train_in_process_writes_policy_report_and_tensorboard(tiny_shapes_dir, 
     } <= tags
     assert len(events.Scalars("reward_mean")) == 2  # one point per iteration
     assert (tmp_path / "before_after.png").is_file()
+
+
+def test_non_finite_losses_are_skipped_not_applied():
+    cfg = LearnerConfig(
+        epochs=1, minibatch_size=4, drcm_steps=1, loss=FindLossConfig(drcm_hidden=16, policy_lr=0.3)
+    )
+    learner = Learner(cfg, SHAPE, torch.eye(2))
+    rollouts = make_rollouts(learner, 4)
+    rollouts[0].behaviour_logp = -1e30  # ratio overflows to inf
+    learner.add(rollouts)
+    metrics = learner.update()
+    assert metrics["skipped_steps"] == 1.0
+    assert torch.isfinite(learner.policy.mu).all() and learner.policy.mu.abs().sum() == 0
