@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from find_ray.shapes.model import ShapesModelConfig, build_pipeline
+from find_ray.shapes.components import ShapesModelConfig, build_pipeline
 
 TINY_SHAPES = ShapesModelConfig(
     block_out_channels=[8, 16], attention_heads=2, text_hidden_size=16, text_layers=1

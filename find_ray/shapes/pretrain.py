@@ -21,7 +21,7 @@ from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 from find_ray.shapes.captions import caption_for
-from find_ray.shapes.model import ShapesModelConfig, build_pipeline, training_scheduler
+from find_ray.shapes.components import ShapesModelConfig, build_pipeline, training_scheduler
 from find_ray.shapes.pipeline import ShapesPipeline
 from find_ray.shapes.world import render, sample_scene
 

@@ -1,0 +1,137 @@
+"""`find-ray`: sample | eval | train | pretrain-shapes.
+
+Every command takes `--config FILE` and `key=value` overrides; user errors print one line and
+exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from find_ray.errors import FindRayError
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config (default: built-in defaults)")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model.steps=10")
+
+
+def _config(args):
+    from find_ray.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def cmd_sample(args) -> None:
+    import torch
+
+    from find_ray.backends import PipelineBackend
+    from find_ray.evaluate import score_labels
+    from find_ray.images import image_grid, to_uint8
+    from find_ray.rewards import check_prompts, make_reward
+
+    cfg = _config(args)
+    check_prompts(cfg.reward, [args.prompt])
+    backend = PipelineBackend.from_config(cfg.model)
+    reward = make_reward(cfg.reward)
+    z = torch.randn(
+        (args.n, *backend.latent_shape), generator=torch.Generator().manual_seed(args.seed)
+    )
+    images = backend.generate(z, [args.prompt] * args.n, seed=args.seed)
+    scores, info = reward(images, [args.prompt] * args.n)
+    labels = score_labels(scores.tolist(), info["exact"].tolist())
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    image_grid(to_uint8(images), labels, title=args.prompt).save(args.out)
+    print(f"{args.out}: mean score {scores.mean():.3f}, exact {info['exact'].mean():.3f}")
+
+
+def cmd_eval(args) -> None:
+    from dataclasses import asdict
+
+    from find_ray.backends import PipelineBackend
+    from find_ray.evaluate import evaluate, markdown_table, write_report
+    from find_ray.rewards import check_prompts, make_reward
+    from find_ray.shapes.suites import load_suite
+
+    cfg = _config(args)
+    prompts = load_suite(cfg.eval.suite)
+    check_prompts(cfg.reward, prompts)
+    backend = PipelineBackend.from_config(cfg.model)
+    results = evaluate(
+        backend,
+        make_reward(cfg.reward),
+        prompts,
+        cfg.eval.samples_per_prompt,
+        cfg.eval.seed,
+        cfg.eval.batch_size,
+        cfg.eval.grid_samples,
+    )
+    settings = {**asdict(cfg.model), **asdict(cfg.eval)}
+    report = write_report(
+        results, cfg.eval.out_dir, f"Base policy on the {cfg.eval.suite} suite", settings
+    )
+    print(markdown_table(results))
+    print(f"report: {report}")
+
+
+def cmd_train(args) -> None:
+    cfg = _config(args)
+    if not args.no_ray:
+        raise FindRayError("the Ray actor-learner system is not built yet: use --no-ray")
+    from find_ray.train import train_in_process
+
+    print(f"report: {train_in_process(cfg)}")
+
+
+def cmd_pretrain_shapes(args) -> None:
+    from find_ray.shapes.pretrain import pretrain
+
+    cfg = _config(args)
+    began = time.monotonic()
+    out = pretrain(cfg.pretrain, max_minutes=args.max_minutes)
+    print(f"saved {out} after {(time.monotonic() - began) / 60:.1f} min")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="find-ray", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sample", help="sample a prompt, write a grid labelled with rewards")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--n", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="grid.png")
+    _common(p)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("eval", help="evaluate a prompt suite: markdown table + PNG grid")
+    _common(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("train", help="learn per-prompt noise policies with FIND")
+    p.add_argument("--no-ray", action="store_true", help="run in one process (no Ray)")
+    _common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("pretrain-shapes", help="train the shipped shapes diffusion model")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this")
+    _common(p)
+    p.set_defaults(func=cmd_pretrain_shapes)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except FindRayError as e:
+        print(f"find-ray: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

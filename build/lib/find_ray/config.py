@@ -1,0 +1,110 @@
+"""Structured configuration: dataclass schemas, YAML files in configs/, dotlist overrides.
+
+An unknown key, a wrong type or an invalid value raises ConfigError naming the key, before
+anything runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from find_ray.errors import ConfigError
+from find_ray.learner import LearnerConfig
+from find_ray.shapes.pretrain import PretrainConfig
+
+SHAPES_MODEL = "shapes"  # alias of the model folder shipped inside the package
+
+
+def _require(ok: bool, key: str, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {why}")
+
+
+@dataclass
+class ModelConfig:
+    path: str = SHAPES_MODEL  # "shapes" or a local diffusers pipeline folder
+    steps: int = 20  # DDIM steps
+    guidance: float = 1.5  # classifier-free guidance scale (1: off)
+    eta: float = 0.0  # DDIM eta; > 0 injects per-step noise (part of the environment)
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        _require(self.steps >= 1, "model.steps", f"must be >= 1, got {self.steps}")
+        _require(self.guidance >= 0, "model.guidance", f"must be >= 0, got {self.guidance}")
+        _require(0 <= self.eta <= 1, "model.eta", f"must be in [0, 1], got {self.eta}")
+        dtypes = ("float32", "float16", "bfloat16")
+        _require(self.dtype in dtypes, "model.dtype", f"one of {dtypes}, got {self.dtype!r}")
+
+
+@dataclass
+class RewardConfig:
+    name: str = "shapes"  # a name in find_ray.rewards.REWARDS
+    weights_path: str = ""  # local weights for learned scorers
+
+
+@dataclass
+class EvalConfig:
+    suite: str = "train"  # train | heldout | path to a text file with one prompt per line
+    samples_per_prompt: int = 16
+    seed: int = 1234  # eval noise is a pure function of (seed, prompt index, sample index)
+    batch_size: int = 64
+    grid_samples: int = 8  # images per prompt in the PNG grid
+    out_dir: str = "runs/eval"
+
+    def __post_init__(self) -> None:
+        _require(self.samples_per_prompt >= 1, "eval.samples_per_prompt", "must be >= 1")
+        _require(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
+
+
+@dataclass
+class TrainConfig:
+    suite: str = "train"  # prompts to learn: a suite name or a file (see eval.suite)
+    prompts: list[str] = field(default_factory=list)  # explicit prompts; override the suite
+    max_prompts: int = 0  # first N prompts of the suite (0: all)
+    iterations: int = 40  # policy versions to produce
+    samples_per_prompt: int = 16  # fresh rollouts per prompt per iteration
+    rollout_batch_size: int = 64
+    seed: int = 0
+    out_dir: str = "runs/find"
+
+    def __post_init__(self) -> None:
+        for key in ("iterations", "samples_per_prompt", "rollout_batch_size"):
+            _require(getattr(self, key) >= 1, f"train.{key}", "must be >= 1")
+
+
+@dataclass
+class FindRayConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None):
+    """The validated FindRayConfig from a YAML file (optional) and `key=value` overrides."""
+    try:
+        merged = OmegaConf.structured(FindRayConfig)
+        if path is not None:
+            if not Path(path).is_file():
+                raise ConfigError(f"config file not found: {path}")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        for item in overrides or []:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not of the form key=value")
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides or [])))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        message = str(e).splitlines()[0]
+        raise ConfigError(f"config key '{key}': {message}") from None
+
+
+def to_yaml(cfg: FindRayConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -1,0 +1,157 @@
+"""Evaluation of a prompt suite: k samples per prompt from fixed seeds, scored and reported.
+
+Eval noise is a pure function of (seed, prompt index, sample index), so two policies compared
+on the same seeds see the same base noise (paired comparison).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from find_ray.backends import PipelineBackend
+from find_ray.images import image_grid, stack, to_uint8
+from find_ray.rewards import RewardFn
+
+# Maps (prompt index, standard-normal eps (k, *shape)) to z_T; the identity is the base policy.
+NoiseTransform = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+def eval_noise(shape: tuple[int, ...], prompt_index: int, k: int, seed: int) -> torch.Tensor:
+    """k standard-normal draws for one prompt; the first j draws do not depend on k."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + prompt_index)
+    return torch.randn((k, *shape), generator=generator)
+
+
+@dataclass
+class PromptResult:
+    prompt: str
+    scores: np.ndarray
+    exact: np.ndarray
+    colours_present: np.ndarray
+    images: list[np.ndarray] = field(repr=False)  # the first grid_samples images
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "mean_score": float(self.scores.mean()),
+            "exact": float(self.exact.mean()),
+            "colours_present": float(self.colours_present.mean()),
+            "best_of_k_exact": float(self.exact.max()),
+        }
+
+
+def evaluate(
+    backend: PipelineBackend,
+    reward: RewardFn,
+    prompts: list[str],
+    k: int,
+    seed: int,
+    batch_size: int = 64,
+    grid_samples: int = 8,
+    transform: NoiseTransform | None = None,
+) -> list[PromptResult]:
+    """Samples k images per prompt (batched across prompts) and scores them."""
+    jobs = [(i, j) for i in range(len(prompts)) for j in range(k)]
+    noise = {i: eval_noise(backend.latent_shape, i, k, seed) for i in range(len(prompts))}
+    if transform is not None:
+        noise = {i: transform(i, eps) for i, eps in noise.items()}
+    per_prompt = [dict(scores=[], exact=[], colours=[], images=[]) for _ in prompts]
+    for start in tqdm(range(0, len(jobs), batch_size), desc="eval", unit="batch"):
+        batch = jobs[start : start + batch_size]
+        z = torch.stack([noise[i][j] for i, j in batch])
+        batch_prompts = [prompts[i] for i, _ in batch]
+        images = backend.generate(z, batch_prompts, seed=seed + start)
+        scores, info = reward(images, batch_prompts)
+        for n, ((i, _), image) in enumerate(zip(batch, to_uint8(images), strict=True)):
+            out = per_prompt[i]
+            out["scores"].append(float(scores[n]))
+            out["exact"].append(float(info["exact"][n]))
+            out["colours"].append(float(info["colours_present"][n]))
+            if len(out["images"]) < grid_samples:
+                out["images"].append(image)
+    return [
+        PromptResult(
+            p, np.array(r["scores"]), np.array(r["exact"]), np.array(r["colours"]), r["images"]
+        )
+        for p, r in zip(prompts, per_prompt, strict=True)
+    ]
+
+
+def summarise(results: list[PromptResult]) -> dict[str, float]:
+    """Suite means of the per-prompt metrics."""
+    rows = [r.metrics() for r in results]
+    return {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}
+
+
+def markdown_table(results: list[PromptResult]) -> str:
+    k = len(results[0].scores)
+    lines = [
+        f"| prompt | mean score | exact | colours present | best-of-{k} exact |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        m = r.metrics()
+        lines.append(
+            f"| {r.prompt} | {m['mean_score']:.3f} | {m['exact']:.3f} | "
+            f"{m['colours_present']:.3f} | {m['best_of_k_exact']:.0f} |"
+        )
+    s = summarise(results)
+    lines.append(
+        f"| **mean** | **{s['mean_score']:.3f}** | **{s['exact']:.3f}** | "
+        f"**{s['colours_present']:.3f}** | **{s['best_of_k_exact']:.3f}** |"
+    )
+    return "\n".join(lines)
+
+
+def score_labels(scores: list[float], exact: list[float]) -> list[str]:
+    """Image captions for grids: the score, and "ok" on exact matches."""
+    return [f"{s:.2f}" + (" ok" if e else "") for s, e in zip(scores, exact, strict=True)]
+
+
+def suite_grid(results: list[PromptResult]):
+    """One labelled row of samples per prompt, each image captioned with its score."""
+    return stack(
+        [
+            image_grid(r.images, score_labels(r.scores.tolist(), r.exact.tolist()), title=r.prompt)
+            for r in results
+        ]
+    )
+
+
+def write_report(
+    results: list[PromptResult], out_dir: str | Path, title: str, settings: dict
+) -> Path:
+    """Writes report.md, metrics.json and grid.png to out_dir; returns the markdown path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    suite_grid(results).save(out / "grid.png")
+    summary = summarise(results)
+    (out / "metrics.json").write_text(
+        json.dumps(
+            {
+                "settings": settings,
+                "summary": summary,
+                "prompts": {r.prompt: r.metrics() for r in results},
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    lines = [
+        f"# {title}",
+        "",
+        "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()),
+        "",
+        markdown_table(results),
+        "",
+        "![samples](grid.png)",
+        "",
+    ]
+    (out / "report.md").write_text("\n".join(lines))
+    return out / "report.md"

@@ -1,0 +1,177 @@
+"""The FIND learner: rollout store -> DRCM calibration -> clipped policy steps -> new version.
+
+Plain PyTorch; the Ray learner actor only wraps it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from find_ray.find import (
+    DRCM,
+    FindLossConfig,
+    advantage_variance_report,
+    advantages,
+    calibration_step,
+    policy_loss,
+)
+from find_ray.policy import GaussianNoisePolicy
+from find_ray.store import Rollout, RolloutStore, stack_rollouts
+
+Optimizer = Literal["natural", "sgd", "adamw"]
+
+
+@dataclass
+class LearnerConfig:
+    optimizer: Optimizer = "natural"  # natural: SGD on the Fisher-preconditioned gradient
+    epochs: int = 4  # passes over the stored rollouts per update
+    minibatch_size: int = 64
+    drcm_steps: int = 20  # DRCM MSE steps on the stored rollouts before each policy update
+    drcm_pool: int = 0  # average-pool mu/sigma to pool x pool before the DRCM (0: no pooling)
+    learn_sigma: bool = True
+    store_capacity: int = 1024
+    max_policy_lag: int = 2  # older rollouts are dropped ("stale"); the ratio corrects the rest
+    loss: FindLossConfig = field(default_factory=FindLossConfig)
+
+    def __post_init__(self) -> None:
+        from find_ray.errors import ConfigError
+
+        for key in ("epochs", "minibatch_size", "store_capacity"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key 'learner.{key}': must be >= 1")
+        if self.max_policy_lag < 0:
+            raise ConfigError("config key 'learner.max_policy_lag': must be >= 0")
+
+
+def natural_gradient_(policy: GaussianNoisePolicy, reduction: str) -> None:
+    """Preconditions the gradients in place by the inverse Fisher of the Gaussian.
+
+    For a summed log-density the Fisher is 1/sigma^2 for mu and 2 for log sigma; a per-element
+    mean divides it by the number of elements. The natural step on mu is then the
+    advantage-weighted mean of (z - mu): scale-free, unlike Adam's per-element unit steps.
+    """
+    scale = math.prod(policy.shape) if reduction == "mean" else 1.0
+    with torch.no_grad():
+        sigma = policy.log_sigma.exp()
+        if policy.mu.grad is not None:
+            policy.mu.grad.mul_(sigma**2 * scale)
+        if policy.log_sigma.grad is not None:
+            policy.log_sigma.grad.mul_(0.5 * scale)
+
+
+class Learner:
+    """Holds the policy, the DRCM and the rollout store; `update()` makes one new version."""
+
+    def __init__(
+        self,
+        cfg: LearnerConfig,
+        latent_shape: tuple[int, ...],
+        prompt_embeddings: Tensor,
+        seed: int = 0,
+    ) -> None:
+        torch.manual_seed(seed)
+        self.cfg = cfg
+        self.prompt_embeddings = prompt_embeddings.float()
+        num_prompts = prompt_embeddings.shape[0]
+        self.policy = GaussianNoisePolicy(num_prompts, latent_shape)
+        self.policy.log_sigma.requires_grad_(cfg.learn_sigma)
+        self.drcm = DRCM(
+            latent_shape, prompt_embeddings.shape[1], cfg.loss.drcm_hidden, cfg.drcm_pool or None
+        )
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        if cfg.optimizer == "adamw":
+            self.policy_opt = torch.optim.AdamW(params, lr=cfg.loss.policy_lr, weight_decay=0.0)
+        else:
+            self.policy_opt = torch.optim.SGD(params, lr=cfg.loss.policy_lr)
+        self.drcm_opt = torch.optim.AdamW(self.drcm.parameters(), lr=cfg.loss.drcm_lr)
+        self.store = RolloutStore(cfg.store_capacity, cfg.max_policy_lag)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.version = 0
+        self.skipped_steps = 0  # policy steps whose loss was not finite
+
+    def weights(self) -> tuple[dict[str, Tensor], int]:
+        """The current policy parameters (detached copies) and their version."""
+        return {k: v.detach().clone() for k, v in self.policy.state_dict().items()}, self.version
+
+    def add(self, rollouts: list[Rollout]) -> int:
+        """Stores scored rollouts; returns how many were kept (the rest were too stale)."""
+        return sum(self.store.add(r, self.version) for r in rollouts)
+
+    def update(self) -> dict[str, float]:
+        """DRCM calibration, then epochs of clipped policy steps over the store."""
+        self.store.evict_stale(self.version)
+        if not len(self.store):
+            return {}
+        held = stack_rollouts(self.store.rollouts())
+        pid, emb = held.prompt_id, self.prompt_embeddings
+        with torch.no_grad():
+            mu, sigma = self.policy.mean_std(torch.arange(self.policy.num_prompts))
+        drcm_mse = [
+            calibration_step(self.drcm, self.drcm_opt, mu[pid], sigma[pid], emb[pid], held.reward)
+            for _ in range(self.cfg.drcm_steps)
+        ]
+        calibrated = advantages(self.drcm, mu[pid], sigma[pid], emb[pid], held.reward)
+        metrics: dict[str, float] = {
+            **advantage_variance_report(held.reward, calibrated),
+            "drcm_mse": drcm_mse[-1] if drcm_mse else float("nan"),
+        }
+        steps: list[dict[str, float]] = []
+        for batch in self.store.minibatches(
+            self.cfg.minibatch_size, self.cfg.epochs, self.generator
+        ):
+            b = batch.prompt_id
+            adv = advantages(self.drcm, mu[b], sigma[b], emb[b], batch.reward)
+            loss, step = policy_loss(
+                self.policy, batch.z, b, batch.behaviour_logp, adv, self.cfg.loss
+            )
+            if not torch.isfinite(loss):  # e.g. an overflowing ratio: skip, never apply it
+                self.skipped_steps += 1
+                continue
+            self.policy_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.optimizer == "natural":
+                natural_gradient_(self.policy, self.cfg.loss.logp_reduction)
+            self.policy_opt.step()
+            steps.append(step)
+        self.version += 1
+        for key in steps[0] if steps else ():
+            metrics[key] = sum(s[key] for s in steps) / len(steps)
+        metrics["skipped_steps"] = float(self.skipped_steps)
+        all_prompts = torch.arange(self.policy.num_prompts)
+        with torch.no_grad():
+            metrics["kl_to_prior"] = self.policy.kl_to_standard_normal(all_prompts).mean().item()
+            new_mu, new_sigma = self.policy.mean_std(all_prompts)
+        metrics["mu_step"] = (new_mu - mu).abs().mean().item()
+        metrics["sigma_mean"] = new_sigma.mean().item()
+        metrics["store_size"] = float(len(self.store))
+        for reason, count in self.store.drops.items():
+            metrics[f"drops/{reason}"] = float(count)
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs: policy, DRCM, optimisers, store, version, RNG."""
+        return {
+            "policy": self.policy.state_dict(),
+            "drcm": self.drcm.state_dict(),
+            "policy_opt": self.policy_opt.state_dict(),
+            "drcm_opt": self.drcm_opt.state_dict(),
+            "store": self.store.state_dict(),
+            "version": self.version,
+            "skipped_steps": self.skipped_steps,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.drcm.load_state_dict(state["drcm"])
+        self.policy_opt.load_state_dict(state["policy_opt"])
+        self.drcm_opt.load_state_dict(state["drcm_opt"])
+        self.store.load_state_dict(state["store"])
+        self.version = int(state["version"])
+        self.skipped_steps = int(state["skipped_steps"])
+        self.generator.set_state(state["generator"])

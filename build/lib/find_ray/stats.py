@@ -1,0 +1,22 @@
+"""Paired bootstrap confidence intervals for before/after comparisons on the same seeds."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def paired_bootstrap_ci(
+    before: np.ndarray, after: np.ndarray, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """(mean gain, low, high) of after - before, resampling prompts and their paired samples.
+
+    `before` and `after` are (prompts, samples) arrays scored on the same noise seeds.
+    """
+    diff = np.asarray(after, dtype=float) - np.asarray(before, dtype=float)
+    rng = np.random.default_rng(seed)
+    p, k = diff.shape
+    prompts = rng.integers(0, p, size=(n_boot, p))
+    samples = rng.integers(0, k, size=(n_boot, p, k))
+    means = diff[prompts[..., None], samples].mean(axis=(1, 2))
+    tail = (1 - level) / 2
+    return float(diff.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))

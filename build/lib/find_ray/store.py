@@ -1,0 +1,132 @@
+"""Historical rollout store: bounded capacity, bounded policy lag, counted drops."""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Rollout:
+    """One scored action: noise z drawn by policy ``policy_version`` for prompt ``prompt_id``."""
+
+    rollout_id: int
+    prompt_id: int
+    z: Tensor  # the initial noise z_T, (*latent_shape)
+    behaviour_logp: float  # log pi_behaviour(z | c), as used in the ratio
+    policy_version: int
+    reward: float
+
+
+class RolloutBatch(NamedTuple):
+    """Rollouts stacked along a leading batch dim."""
+
+    rollout_id: Tensor  # (B,) long
+    prompt_id: Tensor  # (B,) long
+    z: Tensor  # (B, *latent_shape)
+    behaviour_logp: Tensor  # (B,) z.dtype
+    policy_version: Tensor  # (B,) long
+    reward: Tensor  # (B,) z.dtype
+
+
+def stack_rollouts(rollouts: list[Rollout]) -> RolloutBatch:
+    """Stack a non-empty list of rollouts into a RolloutBatch."""
+    z = torch.stack([r.z for r in rollouts])
+
+    def col(name: str, dtype: torch.dtype) -> Tensor:
+        return torch.tensor([getattr(r, name) for r in rollouts], dtype=dtype)
+
+    return RolloutBatch(
+        rollout_id=col("rollout_id", torch.long),
+        prompt_id=col("prompt_id", torch.long),
+        z=z,
+        behaviour_logp=col("behaviour_logp", z.dtype),
+        policy_version=col("policy_version", torch.long),
+        reward=col("reward", z.dtype),
+    )
+
+
+class RolloutStore:
+    """FIFO store of scored rollouts for reuse over several learner steps.
+
+    A rollout is dropped (counted under ``drops[reason]``) when its policy lag
+    ``current_version - policy_version`` exceeds ``max_policy_lag`` ("stale"), or when the store
+    is over ``capacity`` (oldest first, "evicted"). Rollout ids are unique forever: adding an id
+    that was ever seen raises ``ValueError``.
+    """
+
+    def __init__(self, capacity: int, max_policy_lag: int) -> None:
+        if capacity < 1 or max_policy_lag < 0:
+            raise ValueError(
+                f"need capacity >= 1 and max_policy_lag >= 0: {capacity}, {max_policy_lag}"
+            )
+        self.capacity = capacity
+        self.max_policy_lag = max_policy_lag
+        self._records: deque[Rollout] = deque()
+        self._seen: set[int] = set()
+        self.drops: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def _is_stale(self, rollout: Rollout, current_version: int) -> bool:
+        return current_version - rollout.policy_version > self.max_policy_lag
+
+    def add(self, rollout: Rollout, current_version: int) -> bool:
+        """Store a rollout; False if it was dropped as stale. Evicts the oldest when full."""
+        if rollout.rollout_id in self._seen:
+            raise ValueError(f"duplicate rollout_id {rollout.rollout_id}")
+        self._seen.add(rollout.rollout_id)
+        if self._is_stale(rollout, current_version):
+            self.drops["stale"] += 1
+            return False
+        self._records.append(rollout)
+        while len(self._records) > self.capacity:
+            self._records.popleft()
+            self.drops["evicted"] += 1
+        return True
+
+    def evict_stale(self, current_version: int) -> int:
+        """Drop held rollouts whose lag exceeds the bound; returns how many were dropped."""
+        kept = deque(r for r in self._records if not self._is_stale(r, current_version))
+        dropped = len(self._records) - len(kept)
+        self._records = kept
+        self.drops["stale"] += dropped
+        return dropped
+
+    def rollouts(self) -> list[Rollout]:
+        """The held rollouts, oldest first."""
+        return list(self._records)
+
+    def minibatches(
+        self, batch_size: int, epochs: int = 1, generator: torch.Generator | None = None
+    ) -> Iterator[RolloutBatch]:
+        """Each epoch yields every held rollout exactly once, in random order (last batch short)."""
+        held = self.rollouts()
+        for _ in range(epochs):
+            order = torch.randperm(len(held), generator=generator).tolist()
+            for start in range(0, len(order), batch_size):
+                yield stack_rollouts([held[i] for i in order[start : start + batch_size]])
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to restore the store exactly (records, seen ids, drop counters)."""
+        return {
+            "capacity": self.capacity,
+            "max_policy_lag": self.max_policy_lag,
+            "records": [asdict(r) for r in self._records],
+            "seen_ids": sorted(self._seen),
+            "drops": dict(self.drops),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from ``state_dict()``."""
+        self.capacity = int(state["capacity"])
+        self.max_policy_lag = int(state["max_policy_lag"])
+        self._records = deque(Rollout(**r) for r in state["records"])
+        self._seen = set(state["seen_ids"])
+        self.drops = Counter(state["drops"])
