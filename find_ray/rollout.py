@@ -61,7 +61,7 @@ class RolloutWorker:
             ]
         )
         rollouts = [
-            Rollout(rid, pid, z[n], float(logp[n]), self.version, math.nan)
+            Rollout(rid, pid, z[n].clone(), float(logp[n]), self.version, math.nan)
             for n, (rid, pid) in enumerate(zip(rollout_ids, prompt_ids, strict=True))
         ]
         return rollouts, images

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -32,6 +32,9 @@ class RolloutBatch(NamedTuple):
     behaviour_logp: Tensor  # (B,) z.dtype
     policy_version: Tensor  # (B,) long
     reward: Tensor  # (B,) z.dtype
+
+
+SCALAR_FIELDS = ("rollout_id", "prompt_id", "behaviour_logp", "policy_version", "reward")
 
 
 def stack_rollouts(rollouts: list[Rollout]) -> RolloutBatch:
@@ -118,7 +121,12 @@ class RolloutStore:
         return {
             "capacity": self.capacity,
             "max_policy_lag": self.max_policy_lag,
-            "records": [asdict(r) for r in self._records],
+            # z stacked into one tensor (compact: no record drags a shared storage along),
+            # the scalars as Python numbers (exact)
+            "records": {
+                **{f: [getattr(r, f) for r in self._records] for f in SCALAR_FIELDS},
+                "z": torch.stack([r.z for r in self._records]) if self._records else None,
+            },
             "seen_ids": sorted(self._seen),
             "drops": dict(self.drops),
         }
@@ -127,6 +135,11 @@ class RolloutStore:
         """Restore from ``state_dict()``."""
         self.capacity = int(state["capacity"])
         self.max_policy_lag = int(state["max_policy_lag"])
-        self._records = deque(Rollout(**r) for r in state["records"])
+        records = state["records"]
+        zs = records["z"] if records["z"] is not None else []
+        self._records = deque(
+            Rollout(**{f: records[f][i] for f in SCALAR_FIELDS}, z=z.clone())
+            for i, z in enumerate(zs)
+        )
         self._seen = set(state["seen_ids"])
         self.drops = Counter(state["drops"])

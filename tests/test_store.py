@@ -102,3 +102,12 @@ def test_state_dict_roundtrip():
     for rid in (0, 9):  # evicted and dropped ids are still known after restore
         with pytest.raises(ValueError):
             restored.add(_rollout(rid, version=2), current_version=2)
+
+
+def test_state_dict_does_not_carry_shared_storage(tmp_path):
+    big = torch.randn(100, 64)  # rollouts made from rows of one batch tensor share its storage
+    store = RolloutStore(capacity=2, max_policy_lag=0)
+    for i in range(2):
+        store.add(Rollout(i, 0, big[i], 0.0, 0, 0.0), current_version=0)
+    torch.save(store.state_dict(), tmp_path / "store.pt")
+    assert (tmp_path / "store.pt").stat().st_size < big.numel() * 4 / 4
