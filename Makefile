@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup demo test lint bench pretrain clean
+.PHONY: setup demo baseline test lint bench pretrain clean
 
 setup: $(VENV)/.installed
 
@@ -17,9 +17,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
+# FIND on 8 shapes prompts in one process (~14 min on 2 cores), then base vs trained policy.
 demo: setup
-	$(BIN)/find-ray eval --config configs/shapes.yaml eval.out_dir=$(DEMO_DIR)
-	@echo "demo report: $(DEMO_DIR)/report.md (grid: $(DEMO_DIR)/grid.png)"
+	$(BIN)/find-ray train --no-ray --config configs/find-shapes.yaml train.out_dir=$(DEMO_DIR)
+	@echo "demo report: $(DEMO_DIR)/report.md (grids: $(DEMO_DIR)/before_after.png)"
+
+baseline: setup
+	$(BIN)/find-ray eval --config configs/shapes.yaml eval.out_dir=runs/baseline
 
 # pytest exits 5 when it collects no test: that is a failure here, not a pass.
 test: setup

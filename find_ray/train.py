@@ -139,6 +139,13 @@ def write_find_report(
             f"| {b.prompt} | {b.scores.mean():.3f} | {a.scores.mean():.3f} | "
             f"{b.exact.mean():.3f} | {a.exact.mean():.3f} |"
         )
+    means = [
+        np.mean([r.scores.mean() for r in before]),
+        np.mean([r.scores.mean() for r in after]),
+        np.mean([r.exact.mean() for r in before]),
+        np.mean([r.exact.mean() for r in after]),
+    ]
+    lines.append("| **mean** | " + " | ".join(f"**{m:.3f}**" for m in means) + " |")
     for metric, (gain, low, high) in gains.items():
         lines.append(
             f"\n**{metric} gain**: {gain:+.3f} (95 % paired bootstrap CI [{low:+.3f}, {high:+.3f}])"
