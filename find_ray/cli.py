@@ -83,7 +83,7 @@ def cmd_train(args) -> None:
         raise FindRayError("the Ray actor-learner system is not built yet: use --no-ray")
     from find_ray.train import train_in_process
 
-    print(f"report: {train_in_process(cfg)}")
+    print(f"report: {train_in_process(cfg).report}")
 
 
 def cmd_pretrain_shapes(args) -> None:

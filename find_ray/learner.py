@@ -31,6 +31,7 @@ class LearnerConfig:
     optimizer: Optimizer = "natural"  # natural: SGD on the Fisher-preconditioned gradient
     epochs: int = 4  # passes over the stored rollouts per update
     minibatch_size: int = 64
+    baseline: Literal["drcm", "none"] = "drcm"  # none: A = r (the no-DRCM ablation)
     drcm_steps: int = 20  # DRCM MSE steps on the stored rollouts before each policy update
     drcm_pool: int = 0  # average-pool mu/sigma to pool x pool before the DRCM (0: no pooling)
     learn_sigma: bool = True
@@ -111,11 +112,18 @@ class Learner:
         pid, emb = held.prompt_id, self.prompt_embeddings
         with torch.no_grad():
             mu, sigma = self.policy.mean_std(torch.arange(self.policy.num_prompts))
+        use_drcm = self.cfg.baseline == "drcm"
+
+        def advantage(ids: Tensor, reward: Tensor) -> Tensor:
+            if not use_drcm:
+                return reward
+            return advantages(self.drcm, mu[ids], sigma[ids], emb[ids], reward)
+
         drcm_mse = [
             calibration_step(self.drcm, self.drcm_opt, mu[pid], sigma[pid], emb[pid], held.reward)
-            for _ in range(self.cfg.drcm_steps)
+            for _ in range(self.cfg.drcm_steps if use_drcm else 0)
         ]
-        calibrated = advantages(self.drcm, mu[pid], sigma[pid], emb[pid], held.reward)
+        calibrated = advantage(pid, held.reward)
         metrics: dict[str, float] = {
             **advantage_variance_report(held.reward, calibrated),
             "drcm_mse": drcm_mse[-1] if drcm_mse else float("nan"),
@@ -125,7 +133,7 @@ class Learner:
             self.cfg.minibatch_size, self.cfg.epochs, self.generator
         ):
             b = batch.prompt_id
-            adv = advantages(self.drcm, mu[b], sigma[b], emb[b], batch.reward)
+            adv = advantage(b, batch.reward)
             loss, step = policy_loss(
                 self.policy, batch.z, b, batch.behaviour_logp, adv, self.cfg.loss
             )

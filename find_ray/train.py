@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +37,16 @@ def train_prompts(cfg: FindRayConfig) -> list[str]:
     return prompts
 
 
-def train_in_process(cfg: FindRayConfig) -> Path:
-    """Runs FIND, evaluates before/after on the same seeds, writes the report; returns run dir."""
+@dataclass
+class TrainResult:
+    run_dir: Path
+    report: Path
+    history: list[dict[str, float]]  # learner + reward metrics, one dict per iteration
+    gains: dict[str, tuple[float, float, float]]  # metric -> (gain, low, high), paired CI
+
+
+def train_in_process(cfg: FindRayConfig) -> TrainResult:
+    """Runs FIND, evaluates before/after on the same seeds and writes the report."""
     prompts = train_prompts(cfg)
     out = Path(cfg.train.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -57,7 +65,7 @@ def train_in_process(cfg: FindRayConfig) -> Path:
     )
     writer = SummaryWriter(str(out / "tensorboard"))
     drops: Counter[str] = Counter()
-    next_id = 0
+    next_id, history = 0, []
     ids = [p for p in range(len(prompts)) for _ in range(cfg.train.samples_per_prompt)]
     bar = tqdm(range(cfg.train.iterations), desc="find", unit="it")
     for it in bar:
@@ -71,6 +79,7 @@ def train_in_process(cfg: FindRayConfig) -> Path:
         metrics.update(reward_metrics(scored))
         for reason, n in drops.items():
             metrics[f"drops/{reason}"] = float(n)
+        history.append(metrics)
         for key, value in metrics.items():
             writer.add_scalar(key, value, it)
         bar.set_postfix(
@@ -78,9 +87,9 @@ def train_in_process(cfg: FindRayConfig) -> Path:
         )
     learner.policy.save(out / "policy.safetensors")
     torch.save(learner.state_dict(), out / "learner.pt")
-    report = write_find_report(cfg, backend, reward, prompts, learner.policy, out)
+    report, gains = write_find_report(cfg, backend, reward, prompts, learner.policy, out)
     writer.close()
-    return report
+    return TrainResult(out, report, history, gains)
 
 
 def reward_metrics(scored: list[Rollout]) -> dict[str, float]:
@@ -113,7 +122,7 @@ def write_find_report(
     prompts: list[str],
     policy: GaussianNoisePolicy,
     out: Path,
-) -> Path:
+) -> tuple[Path, dict[str, tuple[float, float, float]]]:
     """Base vs trained policy on the same eval seeds: table, paired bootstrap CIs, grids."""
     e = cfg.eval
     run = [e.samples_per_prompt, e.seed, e.batch_size, e.grid_samples]
@@ -156,7 +165,7 @@ def write_find_report(
     (out / "metrics.json").write_text(
         json.dumps({"gains": summary, "eval": asdict(e), "prompts": prompts}, indent=2) + "\n"
     )
-    return out / "report.md"
+    return out / "report.md", gains
 
 
 def _matrix(results: list[PromptResult], metric: str) -> np.ndarray:

@@ -156,8 +156,10 @@ def test_train_in_process_writes_policy_report_and_tensorboard(tiny_shapes_dir, 
             "learner.loss.drcm_hidden=16",
         ],
     )
-    report = train_in_process(cfg)
-    text = report.read_text()
+    result = train_in_process(cfg)
+    text = result.report.read_text()
+    assert len(result.history) == 2 and "reward_mean" in result.history[0]
+    assert set(result.gains) == {"scores", "exact"}
     assert "| a red circle |" in text and "scores gain" in text and "exact gain" in text
     policy = GaussianNoisePolicy.load(tmp_path / "policy.safetensors")
     assert policy.num_prompts == 2 and policy.shape == (3, 32, 32)
@@ -192,3 +194,14 @@ def test_non_finite_losses_are_skipped_not_applied():
     metrics = learner.update()
     assert metrics["skipped_steps"] == 1.0
     assert torch.isfinite(learner.policy.mu).all() and learner.policy.mu.abs().sum() == 0
+
+
+def test_no_drcm_baseline_uses_raw_rewards():
+    cfg = LearnerConfig(baseline="none", epochs=1, loss=FindLossConfig(drcm_hidden=16))
+    learner = Learner(cfg, SHAPE, torch.eye(2))
+    drcm_before = copy.deepcopy(learner.drcm.state_dict())
+    learner.add(make_rollouts(learner, 8))
+    metrics = learner.update()
+    rewards = torch.tensor([r.reward for r in learner.store.rollouts()])
+    assert metrics["adv_var_calibrated"] == pytest.approx(rewards.var(unbiased=False).item())
+    assert all(torch.equal(v, learner.drcm.state_dict()[k]) for k, v in drcm_before.items())

@@ -1,0 +1,162 @@
+"""FIND ablation on the shapes world: reward against denoiser calls (NFE), gains with CIs.
+
+Variants of one config (default configs/find-shapes.yaml): FIND; without DRCM (A = r); without
+ratio clipping; without historical reuse (one epoch on the fresh batch only); the optimiser
+(SGD, AdamW). The reference line is best-of-N of the base policy at the same NFE, estimated
+from a pool of base samples. Writes benchmarks/results/ablation/{ablation.json, ablation.md,
+ablation.png}. Run: `python benchmarks/ablation.py` (about 15 minutes a variant on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from math import comb
+from pathlib import Path
+
+import numpy as np
+
+from find_ray.backends import PipelineBackend
+from find_ray.config import FindRayConfig, load_config
+from find_ray.evaluate import evaluate
+from find_ray.rewards import make_reward
+from find_ray.train import train_in_process, train_prompts
+
+RESULTS = Path(__file__).resolve().parent / "results" / "ablation"
+VARIANTS: dict[str, list[str]] = {
+    "find": [],
+    "no_drcm": ["learner.baseline=none"],
+    "no_clip": ["learner.loss.eps=1e9"],
+    "no_reuse": ["learner.max_policy_lag=0", "learner.epochs=1"],
+    "sgd": [
+        "learner.optimizer=sgd",
+        "learner.loss.policy_lr=30",
+        "learner.loss.normalise_advantages=false",
+    ],
+    "adamw": ["learner.optimizer=adamw", "learner.loss.policy_lr=1e-3"],
+}
+
+
+def nfe_per_sample(cfg: FindRayConfig) -> int:
+    """Denoiser calls for one image: steps, doubled under classifier-free guidance."""
+    return cfg.model.steps * (2 if cfg.model.guidance > 1.0 else 1)
+
+
+def expected_best_of(scores: np.ndarray, n: int) -> float:
+    """E[max of n draws without replacement] from a pool of scores (exact order statistic)."""
+    pool = np.sort(scores)
+    k = len(pool)
+    weights = np.array([comb(i, n - 1) for i in range(k)], dtype=float) / comb(k, n)
+    return float((weights * pool).sum())
+
+
+def best_of_n_curve(cfg: FindRayConfig, pool_size: int) -> list[dict[str, float]]:
+    """Mean over prompts of E[best-of-N score] of the base policy, for N = 1, 2, 4, ..."""
+    prompts = train_prompts(cfg)
+    backend = PipelineBackend.from_config(cfg.model)
+    pool = evaluate(
+        backend,
+        make_reward(cfg.reward),
+        prompts,
+        pool_size,
+        cfg.eval.seed + 1,
+        cfg.eval.batch_size,
+        grid_samples=0,
+    )
+    sizes = [2**i for i in range(pool_size.bit_length()) if 2**i <= pool_size]
+    return [
+        {
+            "n": n,
+            "nfe": n * nfe_per_sample(cfg),
+            "score": float(np.mean([expected_best_of(r.scores, n) for r in pool])),
+            "exact": float(np.mean([expected_best_of(r.exact, n) for r in pool])),
+        }
+        for n in sizes
+    ]
+
+
+def run_variant(config: str, name: str, overrides: list[str], out: Path) -> dict:
+    cfg = load_config(config, [*overrides, *VARIANTS[name], f"train.out_dir={out / name}"])
+    began = time.monotonic()
+    result = train_in_process(cfg)
+    per_iteration = cfg.train.samples_per_prompt * nfe_per_sample(cfg)
+    return {
+        "variant": name,
+        "overrides": VARIANTS[name],
+        "minutes": round((time.monotonic() - began) / 60, 1),
+        "gains": {
+            m: dict(zip(("gain", "low", "high"), g, strict=True)) for m, g in result.gains.items()
+        },
+        "curve": [
+            {"nfe": (i + 1) * per_iteration, "reward": h["reward_mean"]}
+            for i, h in enumerate(result.history)
+        ],
+    }
+
+
+def write_results(rows: list[dict], best_of: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablation.json").write_text(
+        json.dumps({"variants": rows, "best_of_n": best_of}, indent=2) + "\n"
+    )
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in rows:
+        ax.plot(
+            [p["nfe"] for p in row["curve"]],
+            [p["reward"] for p in row["curve"]],
+            label=row["variant"],
+        )
+    ax.plot(
+        [p["nfe"] for p in best_of], [p["score"] for p in best_of], "k--", label="best-of-N (base)"
+    )
+    ax.set(
+        xscale="log",
+        xlabel="denoiser calls per prompt (NFE)",
+        ylabel="mean graded reward",
+        title="FIND ablation, shapes world",
+    )
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "ablation.png", dpi=120)
+    lines = [
+        "| variant | exact gain [95 % CI] | score gain [95 % CI] | final rollout reward "
+        "| minutes |",
+        "|---|---|---|---:|---:|",
+    ]
+    for row in rows:
+        e, s = row["gains"]["exact"], row["gains"]["scores"]
+        lines.append(
+            f"| {row['variant']} | {e['gain']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}] "
+            f"| {s['gain']:+.3f} [{s['low']:+.3f}, {s['high']:+.3f}] | "
+            f"{row['curve'][-1]['reward']:.3f} | {row['minutes']} |"
+        )
+    lines += ["", "| best-of-N | NFE | E[best score] | E[best exact] |", "|---:|---:|---:|---:|"]
+    lines += [f"| {p['n']} | {p['nfe']} | {p['score']:.3f} | {p['exact']:.3f} |" for p in best_of]
+    (out / "ablation.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/find-shapes.yaml")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--pool", type=int, default=64, help="base samples per prompt")
+    parser.add_argument("--out", default=str(RESULTS), help="tables and plot")
+    parser.add_argument("--runs", default="runs/ablation", help="each variant's run folder")
+    parser.add_argument("overrides", nargs="*", help="config overrides for every variant")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    runs = Path(args.runs)
+    rows = [run_variant(args.config, name, args.overrides, runs) for name in args.variants]
+    best_of = best_of_n_curve(load_config(args.config, args.overrides), args.pool)
+    write_results(rows, best_of, out)
+
+
+if __name__ == "__main__":
+    main()

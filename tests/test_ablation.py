@@ -1,0 +1,54 @@
+"""The ablation benchmark: best-of-N estimator by hand, and an end-to-end run on a tiny model."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "ablation.py"
+spec = importlib.util.spec_from_file_location("ablation", SCRIPT)
+ablation = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ablation)
+
+
+def test_expected_best_of_by_hand():
+    assert ablation.expected_best_of(np.array([0.0, 1.0]), 1) == pytest.approx(0.5)
+    assert ablation.expected_best_of(np.array([0.0, 1.0]), 2) == pytest.approx(1.0)
+    assert ablation.expected_best_of(np.array([0.0, 0.0, 1.0]), 2) == pytest.approx(2 / 3)
+    rng = np.random.default_rng(0)
+    pool = rng.random(6)
+    draws = [rng.choice(pool, 3, replace=False).max() for _ in range(20000)]
+    assert ablation.expected_best_of(pool, 3) == pytest.approx(np.mean(draws), abs=0.01)
+
+
+def test_ablation_runs_end_to_end_on_a_tiny_model(tiny_shapes_dir, tmp_path):
+    ablation.main(
+        [
+            "--config",
+            "configs/find-shapes.yaml",
+            "--variants",
+            "find",
+            "no_drcm",
+            "--pool",
+            "2",
+            "--out",
+            str(tmp_path / "results"),
+            "--runs",
+            str(tmp_path / "runs"),
+            f"model.path={tiny_shapes_dir}",
+            "model.steps=2",
+            "train.prompts=[a red circle]",
+            "train.iterations=2",
+            "train.samples_per_prompt=2",
+            "eval.samples_per_prompt=2",
+            "learner.loss.drcm_hidden=8",
+        ]
+    )
+    data = json.loads((tmp_path / "results" / "ablation.json").read_text())
+    assert [row["variant"] for row in data["variants"]] == ["find", "no_drcm"]
+    assert [p["nfe"] for p in data["variants"][0]["curve"]] == [8, 16]  # 2 samples x 2 steps x 2
+    assert [p["n"] for p in data["best_of_n"]] == [1, 2]
+    assert (tmp_path / "results" / "ablation.png").is_file()
+    assert "| no_drcm |" in (tmp_path / "results" / "ablation.md").read_text()
