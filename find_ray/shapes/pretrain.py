@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import DDPMScheduler
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
@@ -59,9 +60,10 @@ def make_batch(
     return x0, captions
 
 
-def diffusion_loss(pipe: ShapesPipeline, x0: torch.Tensor, captions: list[str]) -> torch.Tensor:
+def diffusion_loss(
+    pipe: ShapesPipeline, schedule: DDPMScheduler, x0: torch.Tensor, captions: list[str]
+) -> torch.Tensor:
     """v-prediction MSE at uniformly drawn timesteps."""
-    schedule = training_scheduler()
     noise = torch.randn_like(x0)
     t = torch.randint(0, schedule.config.num_train_timesteps, (x0.shape[0],))
     noisy = schedule.add_noise(x0, noise, t)
@@ -80,6 +82,7 @@ def pretrain(cfg: PretrainConfig, max_minutes: float | None = None) -> Path:
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
     ema = EMAModel(params, decay=cfg.ema_decay)
+    schedule = training_scheduler()  # built once: the hot loop only indexes it
     state_dir, out_dir = Path(cfg.state_dir), Path(cfg.out_dir)
     start, wall_before = _resume(state_dir, pipe, optimizer, lr_schedule, ema, rng)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
@@ -88,7 +91,7 @@ def pretrain(cfg: PretrainConfig, max_minutes: float | None = None) -> Path:
     for step in bar:
         x0, captions = make_batch(rng, cfg.batch_size, cfg.caption_dropout)
         with autocast:
-            loss = diffusion_loss(pipe, x0, captions)
+            loss = diffusion_loss(pipe, schedule, x0, captions)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
