@@ -23,32 +23,41 @@ def test_expected_best_of_by_hand():
     assert ablation.expected_best_of(pool, 3) == pytest.approx(np.mean(draws), abs=0.01)
 
 
-def test_ablation_runs_end_to_end_on_a_tiny_model(tiny_shapes_dir, tmp_path):
-    ablation.main(
-        [
-            "--config",
-            "configs/find-shapes.yaml",
-            "--variants",
-            "find",
-            "no_drcm",
-            "--pool",
-            "2",
-            "--out",
-            str(tmp_path / "results"),
-            "--runs",
-            str(tmp_path / "runs"),
-            f"model.path={tiny_shapes_dir}",
-            "model.steps=2",
-            "train.prompts=[a red circle]",
-            "train.iterations=2",
-            "train.samples_per_prompt=2",
-            "eval.samples_per_prompt=2",
-            "learner.loss.drcm_hidden=8",
-        ]
-    )
+def test_ablation_runs_end_to_end_on_a_tiny_model(tiny_shapes_dir, tmp_path, monkeypatch):
+    args = [
+        "--config",
+        "configs/find-shapes.yaml",
+        "--variants",
+        "find",
+        "no_drcm",
+        "--pool",
+        "2",
+        "--out",
+        str(tmp_path / "results"),
+        "--runs",
+        str(tmp_path / "runs"),
+        f"model.path={tiny_shapes_dir}",
+        "model.steps=2",
+        "train.prompts=[a red circle]",
+        "train.iterations=2",
+        "train.samples_per_prompt=2",
+        "eval.samples_per_prompt=2",
+        "learner.loss.drcm_hidden=8",
+    ]
+    ablation.main(args)
     data = json.loads((tmp_path / "results" / "ablation.json").read_text())
     assert [row["variant"] for row in data["variants"]] == ["find", "no_drcm"]
     assert [p["nfe"] for p in data["variants"][0]["curve"]] == [8, 16]  # 2 samples x 2 steps x 2
     assert [p["n"] for p in data["best_of_n"]] == [1, 2]
     assert (tmp_path / "results" / "ablation.png").is_file()
     assert "| no_drcm |" in (tmp_path / "results" / "ablation.md").read_text()
+
+    def no_training(cfg):
+        raise AssertionError(f"retrained {cfg.train.out_dir}")
+
+    monkeypatch.setattr(ablation, "train_in_process", no_training)
+    ablation.main(args)  # finished runs of the same config are read back, not retrained
+    again = json.loads((tmp_path / "results" / "ablation.json").read_text())
+    assert again["variants"] == data["variants"]
+    with pytest.raises(AssertionError, match="retrained"):
+        ablation.main([*args, "train.iterations=3"])  # a changed config is retrained
