@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from find_ray.backends import PipelineBackend
+from find_ray.backends import make_backend
 from find_ray.config import FindRayConfig, load_config
 from find_ray.evaluate import evaluate
 from find_ray.rewards import make_reward
@@ -55,7 +55,7 @@ def expected_best_of(scores: np.ndarray, n: int) -> float:
 def best_of_n_curve(cfg: FindRayConfig, pool_size: int) -> list[dict[str, float]]:
     """Mean over prompts of E[best-of-N score] of the base policy, for N = 1, 2, 4, ..."""
     prompts = train_prompts(cfg)
-    backend = PipelineBackend.from_config(cfg.model)
+    backend = make_backend(cfg.model)
     pool = evaluate(
         backend,
         make_reward(cfg.reward),

@@ -28,14 +28,14 @@ def _config(args):
 def cmd_sample(args) -> None:
     import torch
 
-    from find_ray.backends import PipelineBackend
+    from find_ray.backends import make_backend
     from find_ray.evaluate import score_labels
     from find_ray.images import image_grid, to_uint8
     from find_ray.rewards import check_prompts, make_reward
 
     cfg = _config(args)
     check_prompts(cfg.reward, [args.prompt])
-    backend = PipelineBackend.from_config(cfg.model)
+    backend = make_backend(cfg.model)
     reward = make_reward(cfg.reward)
     z = torch.randn(
         (args.n, *backend.latent_shape), generator=torch.Generator().manual_seed(args.seed)
@@ -51,7 +51,7 @@ def cmd_sample(args) -> None:
 def cmd_eval(args) -> None:
     from dataclasses import asdict
 
-    from find_ray.backends import PipelineBackend
+    from find_ray.backends import make_backend
     from find_ray.evaluate import evaluate, markdown_table, write_report
     from find_ray.rewards import check_prompts, make_reward
     from find_ray.shapes.suites import load_suite
@@ -59,7 +59,7 @@ def cmd_eval(args) -> None:
     cfg = _config(args)
     prompts = load_suite(cfg.eval.suite)
     check_prompts(cfg.reward, prompts)
-    backend = PipelineBackend.from_config(cfg.model)
+    backend = make_backend(cfg.model)
     results = evaluate(
         backend,
         make_reward(cfg.reward),
@@ -78,12 +78,20 @@ def cmd_eval(args) -> None:
 
 
 def cmd_train(args) -> None:
-    cfg = _config(args)
-    if not args.no_ray:
-        raise FindRayError("the Ray actor-learner system is not built yet: use --no-ray")
-    from find_ray.train import train_in_process
+    if args.resume:
+        from find_ray.driver import resume_with_ray
 
-    print(f"report: {train_in_process(cfg).report}")
+        print(f"report: {resume_with_ray(args.resume, args.overrides).report}")
+        return
+    cfg = _config(args)
+    if args.no_ray:
+        from find_ray.train import train_in_process
+
+        print(f"report: {train_in_process(cfg).report}")
+        return
+    from find_ray.driver import train_with_ray
+
+    print(f"report: {train_with_ray(cfg).report}")
 
 
 def cmd_pretrain_shapes(args) -> None:
@@ -113,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="learn per-prompt noise policies with FIND")
     p.add_argument("--no-ray", action="store_true", help="run in one process (no Ray)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a Ray run from its checkpoint")
     _common(p)
     p.set_defaults(func=cmd_train)
 

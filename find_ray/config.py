@@ -26,14 +26,18 @@ def _require(ok: bool, key: str, why: str) -> None:
 
 @dataclass
 class ModelConfig:
+    backend: str = "pipeline"  # pipeline | simulated (a fixed latency, for system tests)
     path: str = SHAPES_MODEL  # "shapes" or a local diffusers pipeline folder
     steps: int = 20  # DDIM steps
     guidance: float = 1.5  # classifier-free guidance scale (1: off)
     eta: float = 0.0  # DDIM eta; > 0 injects per-step noise (part of the environment)
     device: str = "cpu"
     dtype: str = "float32"
+    latency_s: float = 0.0  # simulated backend: seconds per generate() call
 
     def __post_init__(self) -> None:
+        backends = ("pipeline", "simulated")
+        _require(self.backend in backends, "model.backend", f"one of {backends}")
         _require(self.steps >= 1, "model.steps", f"must be >= 1, got {self.steps}")
         _require(self.guidance >= 0, "model.guidance", f"must be >= 0, got {self.guidance}")
         _require(0 <= self.eta <= 1, "model.eta", f"must be in [0, 1], got {self.eta}")
@@ -45,6 +49,13 @@ class ModelConfig:
 class RewardConfig:
     name: str = "shapes"  # a name in find_ray.rewards.REWARDS
     weights_path: str = ""  # local weights for learned scorers
+    fault: str = ""  # chaos testing: "" | nan | raise (see rewards.inject_faults)
+    fault_rate: float = 0.0
+    fault_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.fault in ("", "nan", "raise"), "reward.fault", "one of '', nan, raise")
+        _require(0 <= self.fault_rate <= 1, "reward.fault_rate", "must be in [0, 1]")
 
 
 @dataclass
@@ -78,12 +89,55 @@ class TrainConfig:
 
 
 @dataclass
+class RayConfig:
+    """The Ray actor-learner system (`find-ray train` without --no-ray)."""
+
+    address: str = ""  # "": RAY_ADDRESS, else a running `ray start` on this machine, else new
+    local_num_cpus: int = 0  # CPUs of a newly started local Ray (0: all)
+    num_rollout_actors: int = 2
+    rollout_num_cpus: float = 0.5  # logical CPUs per rollout actor (fractional allowed)
+    rollout_num_gpus: float = 0.0  # e.g. 0.5 packs two rollout actors on one GPU
+    torch_threads: int = 1  # intra-op threads per actor (CPU runs)
+    num_reward_actors: int = 1
+    reward_num_cpus: float = 0.25
+    reward_num_gpus: float = 0.0
+    learner_num_cpus: float = 0.25
+    learner_num_gpus: float = 0.0
+    rollouts_per_task: int = 16  # rollouts in one rollout-actor call
+    max_in_flight_per_actor: int = 2  # back-pressure: rollout calls queued per actor
+    broadcast_interval: int = 1  # publish weights every K learner updates
+    sync: bool = False  # one iteration at a time, adds in id order (= the in-process loop)
+    max_restarts: int = 3  # per actor; its lost work is resubmitted
+    checkpoint_every: int = 5  # learner updates between checkpoints (0: only at the end)
+
+    def __post_init__(self) -> None:
+        for key in (
+            "num_rollout_actors",
+            "num_reward_actors",
+            "torch_threads",
+            "rollouts_per_task",
+            "max_in_flight_per_actor",
+            "broadcast_interval",
+        ):
+            _require(
+                getattr(self, key) >= 1, f"ray.{key}", f"must be >= 1, got {getattr(self, key)}"
+            )
+        for key in ("local_num_cpus", "max_restarts", "checkpoint_every"):
+            _require(getattr(self, key) >= 0, f"ray.{key}", "must be >= 0")
+        for key in ("rollout", "reward", "learner"):
+            for kind in ("cpus", "gpus"):
+                value = getattr(self, f"{key}_num_{kind}")
+                _require(value >= 0, f"ray.{key}_num_{kind}", f"must be >= 0, got {value}")
+
+
+@dataclass
 class FindRayConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
 

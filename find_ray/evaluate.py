@@ -15,8 +15,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from find_ray.backends import PipelineBackend
+from find_ray.backends import Backend
+from find_ray.config import EvalConfig
 from find_ray.images import image_grid, stack, to_uint8
+from find_ray.policy import GaussianNoisePolicy
 from find_ray.rewards import RewardFn
 
 # Maps (prompt index, standard-normal eps (k, *shape)) to z_T; the identity is the base policy.
@@ -47,7 +49,7 @@ class PromptResult:
 
 
 def evaluate(
-    backend: PipelineBackend,
+    backend: Backend,
     reward: RewardFn,
     prompts: list[str],
     k: int,
@@ -81,6 +83,30 @@ def evaluate(
         )
         for p, r in zip(prompts, per_prompt, strict=True)
     ]
+
+
+def policy_transform(policy: GaussianNoisePolicy) -> NoiseTransform:
+    """Maps eval noise eps to z = mu_c + sigma_c * eps (reparameterised: paired with the base)."""
+
+    def transform(prompt_index: int, eps: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            mu, sigma = policy.mean_std(torch.tensor([prompt_index]))
+        return mu + sigma * eps
+
+    return transform
+
+
+def evaluate_policy(
+    backend: Backend,
+    reward: RewardFn,
+    prompts: list[str],
+    cfg: EvalConfig,
+    policy: GaussianNoisePolicy | None = None,
+) -> list[PromptResult]:
+    """The eval suite under a trained policy (None: the base N(0, I)), on the eval seeds."""
+    transform = policy_transform(policy) if policy is not None else None
+    run = (cfg.samples_per_prompt, cfg.seed, cfg.batch_size, cfg.grid_samples)
+    return evaluate(backend, reward, prompts, *run, transform=transform)
 
 
 def summarise(results: list[PromptResult]) -> dict[str, float]:

@@ -99,15 +99,16 @@ class Learner:
         """The current policy parameters (detached copies) and their version."""
         return {k: v.detach().clone() for k, v in self.policy.state_dict().items()}, self.version
 
-    def add(self, rollouts: list[Rollout]) -> int:
-        """Stores scored rollouts; returns how many were kept (the rest were too stale)."""
-        return sum(self.store.add(r, self.version) for r in rollouts)
+    def add(self, rollouts: list[Rollout]) -> list[int]:
+        """Stores scored rollouts; returns the ids rejected as too stale (lag > max_policy_lag)."""
+        return [r.rollout_id for r in rollouts if not self.store.add(r, self.version)]
 
     def update(self) -> dict[str, float]:
         """DRCM calibration, then epochs of clipped policy steps over the store."""
         self.store.evict_stale(self.version)
-        if not len(self.store):
-            return {}
+        if not len(self.store):  # nothing to learn from: a new version with the same weights
+            self.version += 1
+            return {"store_size": 0.0}
         held = stack_rollouts(self.store.rollouts())
         pid, emb = held.prompt_id, self.prompt_embeddings
         with torch.no_grad():

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter
 from dataclasses import replace
 
 import torch
 from torch import Tensor
 
-from find_ray.backends import PipelineBackend
+from find_ray.backends import Backend
 from find_ray.policy import GaussianNoisePolicy, Reduction
 from find_ray.rewards import RewardFn
 from find_ray.store import Rollout
@@ -21,12 +20,27 @@ from find_ray.store import Rollout
 log = logging.getLogger(__name__)
 
 
+def rollout_noise(shape: tuple[int, ...], rollout_ids: list[int], seed: int) -> Tensor:
+    """Standard-normal eps (B, *shape), a pure function of (seed, rollout id)."""
+    return torch.stack(
+        [
+            torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + rid))
+            for rid in rollout_ids
+        ]
+    )
+
+
+def iteration_prompt_ids(num_prompts: int, samples_per_prompt: int) -> list[int]:
+    """The prompt of each rollout of one iteration, prompt-major: [0, 0, ..., 1, 1, ...]."""
+    return [p for p in range(num_prompts) for _ in range(samples_per_prompt)]
+
+
 class RolloutWorker:
     """Holds a backend and a copy of the policy at some version."""
 
     def __init__(
         self,
-        backend: PipelineBackend,
+        backend: Backend,
         prompts: list[str],
         batch_size: int = 64,
         logp_reduction: Reduction = "mean",
@@ -36,7 +50,7 @@ class RolloutWorker:
         self.logp_reduction = logp_reduction
         self.policy = GaussianNoisePolicy(len(prompts), backend.latent_shape)
         self.version = 0
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
 
     def set_weights(self, weights: dict[str, Tensor], version: int) -> None:
         self.policy.load_state_dict(weights)
@@ -46,9 +60,14 @@ class RolloutWorker:
     def rollout(
         self, prompt_ids: list[int], rollout_ids: list[int]
     ) -> tuple[list[Rollout], Tensor]:
-        """Unscored rollouts (reward NaN) and their images (B, 3, H, W) in [0, 1]."""
+        """Unscored rollouts (reward NaN) and their images (B, 3, H, W) in [0, 1].
+
+        z = mu_c + sigma_c * eps(seed, rollout id): a rollout is the same whichever worker draws
+        it, in whatever batch, so a Ray run and the in-process loop see the same noise.
+        """
         ids = torch.tensor(prompt_ids)
-        z = self.policy.sample(ids, self.generator)
+        mu, sigma = self.policy.mean_std(ids)
+        z = mu + sigma * rollout_noise(self.policy.shape, rollout_ids, self.seed)
         logp = self.policy.log_prob(z, ids, self.logp_reduction)
         images = torch.cat(
             [
@@ -69,17 +88,18 @@ class RolloutWorker:
 
 def score_rollouts(
     reward: RewardFn, rollouts: list[Rollout], images: Tensor, prompts: list[str]
-) -> tuple[list[Rollout], Counter[str]]:
-    """Scored rollouts; a scorer that raises or returns NaN/inf drops them, counted by reason."""
+) -> tuple[list[Rollout], dict[str, list[int]]]:
+    """Scored rollouts and the dropped ids by reason: a scorer that raises drops the whole batch
+    ("reward_error"), a NaN/inf score drops its rollout ("bad_reward")."""
     try:
         scores, _ = reward(images, [prompts[r.prompt_id] for r in rollouts])
     except Exception:  # a scorer failure must not reach the learner
         log.exception("reward scorer failed on %d rollouts", len(rollouts))
-        return [], Counter({"reward_error": len(rollouts)})
-    kept, drops = [], Counter[str]()
+        return [], {"reward_error": [r.rollout_id for r in rollouts]}
+    kept, bad = [], []
     for rollout, score in zip(rollouts, scores.tolist(), strict=True):
         if math.isfinite(score):
             kept.append(replace(rollout, reward=float(score)))
         else:
-            drops["bad_reward"] += 1
-    return kept, drops
+            bad.append(rollout.rollout_id)
+    return kept, {"bad_reward": bad} if bad else {}

@@ -16,17 +16,15 @@ from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from find_ray.backends import PipelineBackend
+from find_ray.backends import make_backend
 from find_ray.config import FindRayConfig
-from find_ray.evaluate import PromptResult, evaluate, suite_grid
+from find_ray.evaluate import PromptResult, evaluate_policy, suite_grid
 from find_ray.images import stack
 from find_ray.learner import Learner
-from find_ray.policy import GaussianNoisePolicy
-from find_ray.rewards import RewardFn, check_prompts, make_reward
-from find_ray.rollout import RolloutWorker, score_rollouts
+from find_ray.rewards import check_prompts, make_reward
+from find_ray.rollout import RolloutWorker, iteration_prompt_ids, score_rollouts
 from find_ray.shapes.suites import load_suite
 from find_ray.stats import paired_bootstrap_ci
-from find_ray.store import Rollout
 
 
 def train_prompts(cfg: FindRayConfig) -> list[str]:
@@ -51,7 +49,7 @@ def train_in_process(cfg: FindRayConfig) -> TrainResult:
     out = Path(cfg.train.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    backend = PipelineBackend.from_config(cfg.model)
+    backend = make_backend(cfg.model)
     reward = make_reward(cfg.reward)
     learner = Learner(
         cfg.learner, backend.latent_shape, backend.encode_prompts(prompts), cfg.train.seed
@@ -66,17 +64,17 @@ def train_in_process(cfg: FindRayConfig) -> TrainResult:
     writer = SummaryWriter(str(out / "tensorboard"))
     drops: Counter[str] = Counter()
     next_id, history = 0, []
-    ids = [p for p in range(len(prompts)) for _ in range(cfg.train.samples_per_prompt)]
+    ids = iteration_prompt_ids(len(prompts), cfg.train.samples_per_prompt)
     bar = tqdm(range(cfg.train.iterations), desc="find", unit="it")
     for it in bar:
         worker.set_weights(*learner.weights())
         rollouts, images = worker.rollout(ids, list(range(next_id, next_id + len(ids))))
         next_id += len(ids)
         scored, dropped = score_rollouts(reward, rollouts, images, prompts)
-        drops.update(dropped)
+        drops.update({reason: len(ids) for reason, ids in dropped.items()})
         learner.add(scored)
         metrics = learner.update()
-        metrics.update(reward_metrics(scored))
+        metrics.update(reward_metrics([r.reward for r in scored], [r.prompt_id for r in scored]))
         for reason, n in drops.items():
             metrics[f"drops/{reason}"] = float(n)
         history.append(metrics)
@@ -87,15 +85,18 @@ def train_in_process(cfg: FindRayConfig) -> TrainResult:
         )
     learner.policy.save(out / "policy.safetensors")
     torch.save(learner.state_dict(), out / "learner.pt")
-    report, gains = write_find_report(cfg, backend, reward, prompts, learner.policy, out)
+    before = evaluate_policy(backend, reward, prompts, cfg.eval)
+    after = evaluate_policy(backend, reward, prompts, cfg.eval, learner.policy)
+    report, gains = write_find_report(cfg, prompts, before, after, out)
     writer.close()
     return TrainResult(out, report, history, gains)
 
 
-def reward_metrics(scored: list[Rollout]) -> dict[str, float]:
+def reward_metrics(rewards: list[float], prompt_ids: list[int]) -> dict[str, float]:
     """Mean and std of the fresh rewards, overall and per prompt (`reward_mean/p03`)."""
-    rewards = torch.tensor([r.reward for r in scored])
-    prompt_ids = torch.tensor([r.prompt_id for r in scored])
+    if not rewards:
+        return {}
+    rewards, prompt_ids = torch.tensor(rewards), torch.tensor(prompt_ids)
     metrics = {"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item()}
     for p in prompt_ids.unique().tolist():
         mine = rewards[prompt_ids == p]
@@ -104,30 +105,17 @@ def reward_metrics(scored: list[Rollout]) -> dict[str, float]:
     return metrics
 
 
-def policy_transform(policy: GaussianNoisePolicy):
-    """Maps eval noise eps to z = mu_c + sigma_c * eps (reparameterised: paired with the base)."""
-
-    def transform(prompt_index: int, eps: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            mu, sigma = policy.mean_std(torch.tensor([prompt_index]))
-        return mu + sigma * eps
-
-    return transform
-
-
 def write_find_report(
     cfg: FindRayConfig,
-    backend: PipelineBackend,
-    reward: RewardFn,
     prompts: list[str],
-    policy: GaussianNoisePolicy,
+    before: list[PromptResult],
+    after: list[PromptResult],
     out: Path,
+    sections: list[str] = (),
+    extra: dict | None = None,
 ) -> tuple[Path, dict[str, tuple[float, float, float]]]:
     """Base vs trained policy on the same eval seeds: table, paired bootstrap CIs, grids."""
     e = cfg.eval
-    run = [e.samples_per_prompt, e.seed, e.batch_size, e.grid_samples]
-    before = evaluate(backend, reward, prompts, *run)
-    after = evaluate(backend, reward, prompts, *run, transform=policy_transform(policy))
     gains = {
         metric: paired_bootstrap_ci(_matrix(before, metric), _matrix(after, metric))
         for metric in ("scores", "exact")
@@ -159,11 +147,15 @@ def write_find_report(
         lines.append(
             f"\n**{metric} gain**: {gain:+.3f} (95 % paired bootstrap CI [{low:+.3f}, {high:+.3f}])"
         )
+    lines += [*sections]
     lines += ["", "Top: base policy; bottom: trained policy.", "", "![](before_after.png)", ""]
     (out / "report.md").write_text("\n".join(lines))
     summary = {m: dict(zip(("gain", "low", "high"), g, strict=True)) for m, g in gains.items()}
     (out / "metrics.json").write_text(
-        json.dumps({"gains": summary, "eval": asdict(e), "prompts": prompts}, indent=2) + "\n"
+        json.dumps(
+            {"gains": summary, "eval": asdict(e), "prompts": prompts, **(extra or {})}, indent=2
+        )
+        + "\n"
     )
     return out / "report.md", gains
 

@@ -134,9 +134,19 @@ def test_bad_rewards_are_dropped_and_counted(tiny_backend):
 
     kept, drops = score_rollouts(nan_scorer, rollouts, images, ["a red circle"])
     assert [r.rollout_id for r in kept] == [0] and kept[0].reward == 0.5
-    assert drops == {"bad_reward": 2}
+    assert drops == {"bad_reward": [1, 2]}
     kept, drops = score_rollouts(failing_scorer, rollouts, images, ["a red circle"])
-    assert kept == [] and drops == {"reward_error": 3}
+    assert kept == [] and drops == {"reward_error": [0, 1, 2]}
+
+
+def test_rollout_noise_depends_only_on_seed_and_id(tiny_backend):
+    """The same rollout id gives the same z in any batch and on any worker (Ray == in-process)."""
+    a = RolloutWorker(tiny_backend, ["a red circle", "two blue squares"], batch_size=4, seed=3)
+    b = RolloutWorker(tiny_backend, ["a red circle", "two blue squares"], batch_size=1, seed=3)
+    whole, _ = a.rollout([0, 1, 0], [5, 6, 7])
+    alone, _ = b.rollout([0], [7])
+    assert torch.equal(whole[2].z, alone[0].z)
+    assert not torch.equal(whole[0].z, whole[2].z)
 
 
 def test_train_in_process_writes_policy_report_and_tensorboard(tiny_shapes_dir, tmp_path):

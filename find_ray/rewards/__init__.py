@@ -6,6 +6,8 @@ tensors with extra per-image metrics. The trainer never knows which reward it ru
 
 from __future__ import annotations
 
+import math
+import random
 from collections.abc import Callable
 
 import torch
@@ -31,7 +33,25 @@ def make_reward(cfg: RewardConfig) -> RewardFn:
             f"config key 'reward.name': unknown reward {cfg.name!r}; "
             f"known: {', '.join(sorted(REWARDS))}"
         )
-    return REWARDS[cfg.name](cfg)
+    reward = REWARDS[cfg.name](cfg)
+    return inject_faults(reward, cfg.fault, cfg.fault_rate, cfg.fault_seed) if cfg.fault else reward
+
+
+def inject_faults(reward: RewardFn, fault: str, rate: float, seed: int) -> RewardFn:
+    """Chaos testing: `nan` turns a `rate` fraction of scores into NaN, `raise` fails a `rate`
+    fraction of calls. The trainer must count these as drops and never learn from them."""
+    rng = random.Random(seed)
+
+    def faulty(images: torch.Tensor, prompts: list[str]):
+        if fault == "raise" and rng.random() < rate:
+            raise RuntimeError("injected reward fault")
+        scores, info = reward(images, prompts)
+        if fault == "nan":
+            hit = torch.tensor([rng.random() < rate for _ in prompts])
+            scores = torch.where(hit, torch.full_like(scores, math.nan), scores)
+        return scores, info
+
+    return faulty
 
 
 def check_prompts(cfg: RewardConfig, prompts: list[str]) -> None:
@@ -43,4 +63,4 @@ def check_prompts(cfg: RewardConfig, prompts: list[str]) -> None:
             parse_caption(prompt)
 
 
-from find_ray.rewards import shapes  # noqa: E402,F401  (registers itself)
+from find_ray.rewards import brightness, shapes  # noqa: E402,F401  (register themselves)

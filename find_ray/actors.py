@@ -1,0 +1,195 @@
+"""Ray actors: thin wrappers that move data to and from the plain FIND classes.
+
+Each class here is a plain Python class; `start_actors` turns them into Ray actors with the
+resources the `ray:` config section asks for. No algorithm lives in this module.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+import torch
+from torch import Tensor
+
+from find_ray.backends import make_backend
+from find_ray.config import EvalConfig, FindRayConfig, ModelConfig, RewardConfig
+from find_ray.evaluate import PromptResult, evaluate_policy
+from find_ray.learner import Learner, LearnerConfig
+from find_ray.policy import GaussianNoisePolicy, Reduction
+from find_ray.rewards import make_reward
+from find_ray.rollout import RolloutWorker, score_rollouts
+from find_ray.store import Rollout
+
+# Weights travel as (version, [ObjectRef]): the list keeps Ray from resolving the ref, so an
+# actor fetches the weights only when the version is new to it (one ray.put per version).
+WeightsBox = list[ray.ObjectRef]
+
+
+class RolloutActor:
+    """One backend + RolloutWorker; loads the newest weights between batches."""
+
+    def __init__(
+        self,
+        model: ModelConfig,
+        prompts: list[str],
+        batch_size: int,
+        reduction: Reduction,
+        seed: int,
+        torch_threads: int,
+    ) -> None:
+        torch.set_num_threads(torch_threads)
+        self.prompts = prompts
+        self.backend = make_backend(model)
+        self.worker = RolloutWorker(self.backend, prompts, batch_size, reduction, seed)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def describe(self) -> tuple[tuple[int, ...], Tensor]:
+        """What the learner needs from the backend: latent shape and prompt embeddings."""
+        return self.backend.latent_shape, self.backend.encode_prompts(self.prompts)
+
+    def rollout(
+        self, prompt_ids: list[int], rollout_ids: list[int], version: int, weights: WeightsBox
+    ) -> tuple[int, list[Rollout], Tensor]:
+        """(version used, unscored rollouts, images); the driver only ever reads the version."""
+        if version != self.worker.version:
+            self.worker.set_weights(ray.get(weights[0]), version)
+        rollouts, images = self.worker.rollout(prompt_ids, rollout_ids)
+        return self.worker.version, rollouts, images
+
+    def evaluate(
+        self, reward: RewardConfig, cfg: EvalConfig, weights: dict[str, Tensor] | None
+    ) -> list[PromptResult]:
+        """The eval suite under the base policy (weights None) or under trained weights."""
+        policy = None
+        if weights is not None:
+            policy = GaussianNoisePolicy(len(self.prompts), self.backend.latent_shape)
+            policy.load_state_dict(weights)
+        return evaluate_policy(self.backend, make_reward(reward), self.prompts, cfg, policy)
+
+
+@dataclass
+class ScoreSummary:
+    """What the driver learns from a reward call (the rollouts themselves go to the learner)."""
+
+    kept: list[tuple[int, int, float]]  # (rollout id, prompt id, reward)
+    dropped: dict[str, list[int]]  # reason -> rollout ids
+
+
+class RewardActor:
+    """Scores images by object ref; failures and NaN/inf become counted drops."""
+
+    def __init__(self, reward: RewardConfig, prompts: list[str], torch_threads: int) -> None:
+        torch.set_num_threads(torch_threads)
+        self.reward, self.prompts = make_reward(reward), prompts
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def score(self, rollouts: list[Rollout], images: Tensor) -> tuple[ScoreSummary, list[Rollout]]:
+        kept, dropped = score_rollouts(self.reward, rollouts, images, self.prompts)
+        return ScoreSummary([(r.rollout_id, r.prompt_id, r.reward) for r in kept], dropped), kept
+
+
+class LearnerActor:
+    """The Learner (store, DRCM, policies); publishes weights with one ray.put per version."""
+
+    def __init__(
+        self,
+        cfg: LearnerConfig,
+        latent_shape: tuple[int, ...],
+        embeddings: Tensor,
+        seed: int,
+        torch_threads: int,
+    ) -> None:
+        torch.set_num_threads(torch_threads)
+        self.learner = Learner(cfg, latent_shape, embeddings, seed)
+        self.busy_s = 0.0  # time spent in add/update: learner utilisation = busy / wall
+
+    def add(self, rollouts: list[Rollout]) -> dict[str, Any]:
+        """Stores rollouts; returns the stale ids and the policy lag of each rollout."""
+        began = time.perf_counter()
+        version = self.learner.version
+        stale = self.learner.add(rollouts)
+        self.busy_s += time.perf_counter() - began
+        return {"stale": stale, "lags": [version - r.policy_version for r in rollouts]}
+
+    def update(self, publish: bool) -> tuple[dict[str, float], int, WeightsBox | None]:
+        """One new version; with `publish`, its weights go to the object store (once)."""
+        began = time.perf_counter()
+        metrics = self.learner.update()
+        box = self.publish()[1] if publish else None
+        self.busy_s += time.perf_counter() - began
+        metrics["learner_busy_s"] = self.busy_s
+        return metrics, self.learner.version, box
+
+    def publish(self) -> tuple[int, WeightsBox]:
+        weights, version = self.learner.weights()
+        return version, [ray.put(weights)]
+
+    def weights(self) -> tuple[dict[str, Tensor], int]:
+        return self.learner.weights()
+
+    def weights_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.learner.weights()[0].values())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.learner.state_dict(), "busy_s": self.busy_s}
+
+    def load_state_dict(self, state: dict[str, Any]) -> int:
+        self.learner.load_state_dict(state)
+        self.busy_s = float(state.get("busy_s", 0.0))
+        return self.learner.version
+
+
+def _options(num_cpus: float, num_gpus: float, max_restarts: int) -> dict[str, Any]:
+    return {
+        "num_cpus": num_cpus,
+        "num_gpus": num_gpus,
+        "max_restarts": max_restarts,
+        "max_task_retries": 0,  # the driver resubmits lost work itself, and counts it
+    }
+
+
+@dataclass
+class Actors:
+    rollout: list[Any]
+    reward: list[Any]
+    learner: Any
+
+
+def start_actors(cfg: FindRayConfig, prompts: list[str]) -> Actors:
+    """Rollout and reward pools, then the learner (it needs the backend's latent shape)."""
+    r = cfg.ray
+    rollout_cls = ray.remote(RolloutActor).options(
+        **_options(r.rollout_num_cpus, r.rollout_num_gpus, r.max_restarts)
+    )
+    rollout = [
+        rollout_cls.remote(
+            cfg.model,
+            prompts,
+            cfg.train.rollout_batch_size,
+            cfg.learner.loss.logp_reduction,
+            cfg.train.seed,
+            r.torch_threads,
+        )
+        for _ in range(r.num_rollout_actors)
+    ]
+    reward_cls = ray.remote(RewardActor).options(
+        **_options(r.reward_num_cpus, r.reward_num_gpus, r.max_restarts)
+    )
+    reward = [
+        reward_cls.remote(cfg.reward, prompts, r.torch_threads) for _ in range(r.num_reward_actors)
+    ]
+    latent_shape, embeddings = ray.get(rollout[0].describe.remote())
+    learner = (
+        ray.remote(LearnerActor)
+        .options(**_options(r.learner_num_cpus, r.learner_num_gpus, 0))
+        .remote(cfg.learner, latent_shape, embeddings, cfg.train.seed, r.torch_threads)
+    )
+    return Actors(rollout, reward, learner)

@@ -1,0 +1,409 @@
+"""The Ray driver: an asynchronous actor-learner loop over `ray.wait`.
+
+Flow of one batch of rollouts (images never pass through the driver; it reads versions,
+reward summaries and learner results only):
+
+    rollout actor --(rollouts, images refs)--> reward actor --(kept rollouts ref)--> learner
+
+- Back-pressure: at most `ray.max_in_flight_per_actor` calls queued per rollout actor.
+- Weights: the learner `ray.put`s each published version once; a rollout call carries
+  (version, [ref]) and the actor fetches only a version that is new to it.
+- Staleness: a rollout whose policy lag exceeds `learner.max_policy_lag` when it reaches the
+  learner is dropped ("stale"); the rest are corrected by the ratio to their behaviour log-prob.
+- Accounting: a RolloutLedger holds every id as in flight, stored or dropped by reason.
+- Faults: a dead rollout actor's ids are dropped ("actor_died") and their prompts resubmitted
+  under new ids; a dead reward actor's batch goes to another (or the restarted) reward actor.
+  Ray restarts dead actors (`max_restarts`). A learner death ends the run: `--resume` it.
+- Checkpoints: learner state + ledger + queue every `ray.checkpoint_every` updates.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from ray.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    ObjectLostError,
+    OutOfMemoryError,
+    RayActorError,
+    WorkerCrashedError,
+)
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from find_ray.actors import Actors, start_actors
+from find_ray.backends import resolve_model_path
+from find_ray.checkpoint import load_checkpoint, policy_from_state, save_checkpoint
+from find_ray.config import FindRayConfig, RayConfig, load_config, to_yaml
+from find_ray.errors import FindRayError
+from find_ray.evaluate import suite_grid
+from find_ray.images import stack
+from find_ray.ledger import RolloutLedger
+from find_ray.rewards import make_reward
+from find_ray.train import TrainResult, reward_metrics, train_prompts, write_find_report
+
+log = logging.getLogger(__name__)
+
+# Errors that mean "the actor (or the object it made) is gone", not "the code is wrong".
+LOST = (
+    RayActorError,
+    ActorDiedError,
+    ActorUnavailableError,
+    ObjectLostError,
+    OutOfMemoryError,
+    WorkerCrashedError,
+)
+
+
+def connect(cfg: RayConfig) -> bool:
+    """Joins `ray.address`, RAY_ADDRESS or a `ray start` on this machine, else starts a local
+    Ray. Returns True when it started one (and so should shut it down)."""
+    if ray.is_initialized():
+        return False
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+        return False
+    try:
+        ray.init(address="auto")
+        return False
+    except ConnectionError:
+        ray.init(num_cpus=cfg.local_num_cpus or None, include_dashboard=False)
+        return True
+
+
+@dataclass
+class Flight:
+    """One remote call the driver waits for."""
+
+    kind: str  # rollout | reward | add | update
+    ids: list[int] = field(default_factory=list)
+    actor: int = -1
+    refs: tuple = ()  # rollout: (rollouts, images); reward: (rollouts, images, kept)
+    attempts: int = 0
+
+
+class RayTrainer:
+    """Runs FIND on Ray actors; `run()` trains, evaluates and writes the report."""
+
+    def __init__(self, cfg: FindRayConfig, resume: bool = False) -> None:
+        self.cfg = cfg
+        self.prompts = train_prompts(cfg)  # bad prompts fail here, before any actor starts
+        if cfg.model.backend == "pipeline":
+            resolve_model_path(cfg.model.path)  # so does a missing model folder
+        make_reward(cfg.reward)  # and an unknown reward
+        self.out = Path(cfg.train.out_dir)
+        self.resume = resume
+        self.per_update = len(self.prompts) * cfg.train.samples_per_prompt
+        self.total = cfg.train.iterations * self.per_update
+        self.iterations_ahead = 1 if cfg.ray.sync else cfg.learner.max_policy_lag + 1
+        self.ledger = RolloutLedger()
+        self.next_slot = 0  # slots (prompt draws) issued so far, out of `total`
+        self.requeued: deque[int] = deque()  # prompts of lost work, issued again first
+        self.finished = 0  # slots scored or dropped for good
+        self.updates = 0  # learner updates submitted
+        self.version = 0  # newest learner version seen
+        self.weights: tuple[int, list] = (0, [])
+        self.pending: dict[ray.ObjectRef, Flight] = {}
+        self.held_adds: list[tuple[int, ray.ObjectRef, list[int]]] = []  # sync mode only
+        self.window: dict[str, list] = {"rewards": [], "prompts": [], "lags": []}
+        self.history: list[dict[str, float]] = []
+        self.elapsed_before = 0.0  # training seconds of earlier (resumed) sessions
+        self.after_update: Callable[[RayTrainer], None] | None = None  # test hook
+        self.actors: Actors | None = None
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        started_ray = connect(self.cfg.ray)
+        try:
+            self.actors = start_actors(self.cfg, self.prompts)
+            self._load_or_start()
+            self.writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.version)
+            self._train()
+            return self._report()
+        finally:
+            self._stop_actors()
+            if started_ray:
+                ray.shutdown()
+
+    def _load_or_start(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        learner = self.actors.learner
+        if self.resume:
+            state, meta = load_checkpoint(self.out / "checkpoint")
+            self.version = self.updates = ray.get(learner.load_state_dict.remote(state))
+            self.ledger.load_state_dict(meta["ledger"])
+            self.next_slot, self.finished = meta["next_slot"], meta["finished"]
+            self.requeued = deque([*meta["requeued"], *self.ledger.interrupt()])
+            self.elapsed_before = meta["elapsed_s"]
+            log.info("resumed %s at version %d", self.out, self.version)
+        else:
+            (self.out / "config.yaml").write_text(to_yaml(self.cfg))
+        self.weights = ray.get(learner.publish.remote())
+        self.weights_bytes = ray.get(learner.weights_bytes.remote())
+
+    def _train(self) -> None:
+        iterations = self.cfg.train.iterations
+        self.began = self.last_update = time.monotonic()
+        self.done_at_last_update = self.finished
+        self.bar = tqdm(total=iterations, initial=self.version, desc="find (ray)", unit="update")
+        while self.version < iterations:
+            self._submit_rollouts()
+            self._maybe_update()
+            if not self.pending:
+                raise RuntimeError("the driver has nothing in flight and nothing to submit")
+            ready, _ = ray.wait(list(self.pending), num_returns=1, fetch_local=False)
+            for ref in ready:
+                self._handle(ref, self.pending.pop(ref))
+        self.bar.close()
+
+    def _handle(self, ref: ray.ObjectRef, flight: Flight) -> None:
+        {
+            "rollout": self._on_rollout,
+            "reward": self._on_reward,
+            "add": self._on_add,
+            "update": self._on_update,
+        }[flight.kind](ref, flight)
+
+    # -- rollouts -------------------------------------------------------------------------
+    def _next_prompts(self, n: int) -> list[int]:
+        """Up to n prompts to roll out: lost work first, then new slots.
+
+        Slots of iteration i are consumed by update i + 1, so issuing them with weights of
+        version v only while i < v + iterations_ahead bounds their lag at the learner by
+        iterations_ahead - 1 = max_policy_lag (sync: 0, one iteration at a time). This is also
+        the back-pressure on a learner slower than the rollouts.
+        """
+        out = [self.requeued.popleft() for _ in range(min(n, len(self.requeued)))]
+        limit = min(self.total, (self.weights[0] + self.iterations_ahead) * self.per_update)
+        spp = self.cfg.train.samples_per_prompt
+        while len(out) < n and self.next_slot < limit:
+            out.append((self.next_slot % self.per_update) // spp)
+            self.next_slot += 1
+        return out
+
+    def _load(self, kind: str, actor: int) -> int:
+        return sum(f.kind == kind and f.actor == actor for f in self.pending.values())
+
+    def _submit_rollouts(self) -> None:
+        r = self.cfg.ray
+        loads = [self._load("rollout", i) for i in range(r.num_rollout_actors)]
+        while min(loads) < r.max_in_flight_per_actor:
+            prompts = self._next_prompts(r.rollouts_per_task)
+            if not prompts:
+                return
+            i = loads.index(min(loads))
+            ids = self.ledger.issue(prompts)
+            version_ref, rollouts_ref, images_ref = (
+                self.actors.rollout[i]
+                .rollout.options(num_returns=3)
+                .remote(prompts, ids, *self.weights)
+            )
+            self.pending[version_ref] = Flight("rollout", ids, i, (rollouts_ref, images_ref))
+            loads[i] += 1
+
+    def _on_rollout(self, ref: ray.ObjectRef, flight: Flight) -> None:
+        try:
+            ray.get(ref)
+        except LOST as e:
+            log.warning("rollout actor %d lost %d rollouts: %s", flight.actor, len(flight.ids), e)
+            self.requeued.extend(self.ledger.drop(flight.ids, "actor_died"))
+            return
+        self._submit_reward(flight.ids, *flight.refs)
+
+    # -- rewards --------------------------------------------------------------------------
+    def _submit_reward(self, ids, rollouts_ref, images_ref, attempts: int = 0) -> None:
+        loads = [self._load("reward", j) for j in range(self.cfg.ray.num_reward_actors)]
+        j = (loads.index(min(loads)) + attempts) % len(loads)  # a retry prefers another actor
+        summary_ref, kept_ref = (
+            self.actors.reward[j].score.options(num_returns=2).remote(rollouts_ref, images_ref)
+        )
+        refs = (rollouts_ref, images_ref, kept_ref)
+        self.pending[summary_ref] = Flight("reward", ids, j, refs, attempts)
+
+    def _on_reward(self, ref: ray.ObjectRef, flight: Flight) -> None:
+        try:
+            summary = ray.get(ref)
+        except ObjectLostError as e:  # the images are gone with their node: roll out again
+            log.warning("images of %d rollouts lost: %s", len(flight.ids), e)
+            self.requeued.extend(self.ledger.drop(flight.ids, "actor_died"))
+            return
+        except LOST as e:
+            log.warning("reward actor %d died, resubmitting its batch: %s", flight.actor, e)
+            if flight.attempts >= self.cfg.ray.max_restarts:
+                self.requeued.extend(self.ledger.drop(flight.ids, "actor_died"))
+            else:
+                self._submit_reward(flight.ids, *flight.refs[:2], flight.attempts + 1)
+            return
+        for reason, ids in summary.dropped.items():
+            self.ledger.drop(ids, reason)
+        self.finished += len(flight.ids)
+        kept_ids = [rid for rid, _, _ in summary.kept]
+        self.window["rewards"] += [reward for _, _, reward in summary.kept]
+        self.window["prompts"] += [pid for _, pid, _ in summary.kept]
+        if kept_ids:
+            self.held_adds.append((kept_ids[0], flight.refs[2], kept_ids))
+            if not self.cfg.ray.sync:
+                self._flush_adds()
+
+    # -- learner --------------------------------------------------------------------------
+    def _flush_adds(self) -> None:
+        """Sends held rollouts to the learner in id order (sync mode: as the in-process loop)."""
+        for _, kept_ref, ids in sorted(self.held_adds, key=lambda held: held[0]):
+            self.pending[self.actors.learner.add.remote(kept_ref)] = Flight("add", ids)
+        self.held_adds.clear()
+
+    def _on_add(self, ref: ray.ObjectRef, flight: Flight) -> None:
+        result = self._learner_result(ref)
+        stale = set(result["stale"])
+        self.ledger.drop(sorted(stale), "stale")
+        self.ledger.store([rid for rid in flight.ids if rid not in stale])
+        self.window["lags"] += result["lags"]
+
+    def _maybe_update(self) -> None:
+        if self.updates > self.version or self.updates >= self.cfg.train.iterations:
+            return  # one update in flight at a time
+        if self.finished < (self.updates + 1) * self.per_update:
+            return
+        self._flush_adds()  # the learner runs calls in order: these adds land before the update
+        self.updates += 1
+        k = self.cfg.ray.broadcast_interval
+        publish = self.updates % k == 0 or self.updates == self.cfg.train.iterations
+        self.pending[self.actors.learner.update.remote(publish)] = Flight("update")
+
+    def _on_update(self, ref: ray.ObjectRef, flight: Flight) -> None:
+        metrics, self.version, box = self._learner_result(ref)
+        if box is not None:
+            self.weights = (self.version, box)
+        self._log(metrics)
+        every = self.cfg.ray.checkpoint_every
+        if (every and self.version % every == 0) or self.version == self.cfg.train.iterations:
+            self.checkpoint()
+        if self.after_update is not None:
+            self.after_update(self)
+
+    def _learner_result(self, ref: ray.ObjectRef) -> Any:
+        try:
+            return ray.get(ref)
+        except LOST as e:
+            raise FindRayError(
+                f"the learner actor died ({e}); continue with `find-ray train --resume {self.out}`"
+            ) from e
+
+    # -- observability and checkpoints ----------------------------------------------------
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.began
+
+    def _log(self, learner_metrics: dict[str, float]) -> None:
+        now = time.monotonic()
+        w = self.window
+        metrics = {**learner_metrics, **reward_metrics(w["rewards"], w["prompts"])}
+        lags = w["lags"] or [0]
+        metrics["policy_lag_mean"] = float(np.mean(lags))
+        metrics["policy_lag_max"] = float(np.max(lags))
+        metrics["rollouts_per_s"] = (self.finished - self.done_at_last_update) / max(
+            now - self.last_update, 1e-9
+        )
+        metrics["learner_utilisation"] = learner_metrics.get("learner_busy_s", 0.0) / max(
+            self.elapsed(), 1e-9
+        )
+        metrics["weights_bytes"] = float(self.weights_bytes)
+        for key, value in self.ledger.totals().items():
+            metrics[f"rollouts/{key}"] = float(value)
+        self.history.append(metrics)
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, value, self.version)
+        self.bar.update(self.version - self.bar.n)
+        self.bar.set_postfix(
+            reward=f"{metrics.get('reward_mean', float('nan')):.3f}",
+            lag=f"{metrics['policy_lag_mean']:.2f}",
+            rps=f"{metrics['rollouts_per_s']:.1f}",
+            dropped=self.ledger.totals()["dropped"],
+        )
+        self.window = {"rewards": [], "prompts": [], "lags": []}
+        self.last_update, self.done_at_last_update = now, self.finished
+
+    def checkpoint(self) -> None:
+        """Learner state + ledger, consistent: every add sent to the learner is answered first."""
+        for ref in [ref for ref, f in self.pending.items() if f.kind == "add"]:
+            self._handle(ref, self.pending.pop(ref))
+        state = ray.get(self.actors.learner.state_dict.remote())
+        in_flight_prompts = list(self.ledger.in_flight.values())
+        meta = {
+            "version": self.version,
+            "ledger": self.ledger.state_dict(),
+            "totals": self.ledger.totals(),
+            "next_slot": self.next_slot,
+            "finished": self.finished,
+            "requeued": list(self.requeued),
+            "in_flight_prompts": in_flight_prompts,
+            "elapsed_s": self.elapsed(),
+            "prompts": self.prompts,
+        }
+        save_checkpoint(self.out / "checkpoint", state, meta)
+
+    def _report(self) -> TrainResult:
+        """Base and trained policy evaluated in parallel on two rollout actors; the report."""
+        weights, _ = ray.get(self.actors.learner.weights.remote())
+        actors = self.actors.rollout
+        before_ref = actors[0].evaluate.remote(self.cfg.reward, self.cfg.eval, None)
+        after_ref = actors[1 % len(actors)].evaluate.remote(self.cfg.reward, self.cfg.eval, weights)
+        before, after = ray.get([before_ref, after_ref])
+        policy_from_state(weights).save(self.out / "policy.safetensors")
+        totals = self.ledger.totals()
+        last = self.history[-1] if self.history else {}
+        sections = [
+            "",
+            "## Ray run",
+            "",
+            f"{self.cfg.ray.num_rollout_actors} rollout actors, {self.cfg.ray.num_reward_actors} "
+            f"reward actors, {'synchronous' if self.cfg.ray.sync else 'asynchronous'}; "
+            f"training {self.elapsed() / 60:.1f} min, "
+            f"learner utilisation {last.get('learner_utilisation', 0):.2f}.",
+            "",
+            "| rollouts | count |",
+            "|---|---:|",
+            *[f"| {key} | {value} |" for key, value in totals.items()],
+        ]
+        report, gains = write_find_report(
+            self.cfg, self.prompts, before, after, self.out, sections, {"rollouts": totals}
+        )
+        for p, (b, a) in enumerate(zip(before, after, strict=True)):
+            grid = np.asarray(stack([suite_grid([b]), suite_grid([a])]).convert("RGB"))
+            self.writer.add_image(f"before_after/p{p:02d}", grid, self.version, dataformats="HWC")
+        self.writer.close()
+        return TrainResult(self.out, report, self.history, gains)
+
+    def _stop_actors(self) -> None:
+        if self.actors is None:
+            return
+        for actor in [*self.actors.rollout, *self.actors.reward, self.actors.learner]:
+            ray.kill(actor, no_restart=True)
+        self.actors = None
+
+
+def train_with_ray(cfg: FindRayConfig) -> TrainResult:
+    return RayTrainer(cfg).run()
+
+
+def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> FindRayConfig:
+    """A run folder's own config (plus overrides, e.g. more train.iterations)."""
+    config = Path(run_dir) / "config.yaml"
+    if not config.is_file():
+        raise FindRayError(f"{run_dir} is not a run folder (no config.yaml)")
+    return load_config(config, [*(overrides or []), f"train.out_dir={run_dir}"])
+
+
+def resume_with_ray(run_dir: str | Path, overrides: list[str] | None = None) -> TrainResult:
+    """Continues a run from `run_dir/checkpoint`: version, store, counters, RNG state."""
+    return RayTrainer(resume_config(run_dir, overrides), resume=True).run()

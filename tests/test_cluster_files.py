@@ -1,0 +1,130 @@
+"""cluster/: the launcher configs, KubeRay manifests and submit.sh hold what they must."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "cluster"
+SUBMIT = CLUSTER / "submit.sh"
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((CLUSTER / name).read_text())
+
+
+def joined(commands: list[str]) -> str:
+    return "\n".join(commands)
+
+
+@pytest.mark.parametrize("name, provider", [("aws.yaml", "aws"), ("gcp.yaml", "gcp")])
+def test_launcher_config(name, provider):
+    jsonschema = pytest.importorskip("jsonschema")
+    ray_autoscaler = pytest.importorskip("ray.autoscaler")
+    cfg = load(name)
+    schema = json.loads((Path(ray_autoscaler.__file__).parent / "ray-schema.json").read_text())
+    jsonschema.validate(cfg, schema)  # the schema `ray up` checks against
+
+    assert cfg["cluster_name"] and cfg["provider"]["type"] == provider
+    types = cfg["available_node_types"]
+    head = types[cfg["head_node_type"]]
+    assert head["resources"].get("CPU", 0) >= 1 and not head["resources"].get("GPU")
+    gpu_workers = [
+        t for n, t in types.items() if n != cfg["head_node_type"] and t["resources"].get("GPU", 0)
+    ]
+    assert gpu_workers and all(t["max_workers"] >= 1 for t in gpu_workers)
+    assert cfg["max_workers"] >= 1
+
+    setup = joined(cfg["setup_commands"])
+    assert "pip install torch==2.14.1 torchvision==0.29.1" in setup
+    assert "pip install -e ." in setup
+    assert "~/.ray/auth_token" in cfg["file_mounts"]
+    for key, start in [("head", "ray start --head"), ("worker", "ray start --address=")]:
+        commands = joined(cfg[f"{key}_start_ray_commands"])
+        assert f"RAY_AUTH_MODE=token {start}" in commands, key
+
+
+def gpu_limit(group: dict) -> int:
+    return sum(
+        int(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
+        for c in group["template"]["spec"]["containers"]
+    )
+
+
+def check_ray_cluster(spec: dict) -> None:
+    """GPU worker group; token auth on, from one Secret, on the head and every worker."""
+    assert spec["authOptions"]["mode"] == "token"
+    secret = spec["authOptions"]["secretName"]
+    assert any(gpu_limit(g) >= 1 for g in spec["workerGroupSpecs"])
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    for group in groups:
+        env = {e["name"]: e for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        ref = env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": secret, "key": "auth_token"}
+
+
+def test_rayjob():
+    job = load("rayjob.yaml")
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[:4] == ["python", "-m", "find_ray", "train"]
+    assert (ROOT / argv[argv.index("--config") + 1]).is_file()
+    assert yaml.safe_load(job["spec"]["runtimeEnvYAML"])["working_dir"]
+    assert job["spec"]["shutdownAfterJobFinishes"] is True
+    assert job["spec"]["ttlSecondsAfterFinished"] >= 0
+    check_ray_cluster(job["spec"]["rayClusterSpec"])
+
+
+def test_rayservice():
+    service = load("rayservice.yaml")
+    assert service["apiVersion"] == "ray.io/v1" and service["kind"] == "RayService"
+    apps = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+    assert [app["import_path"] for app in apps] == ["find_ray.serve:app"]
+    check_ray_cluster(service["spec"]["rayClusterConfig"])
+
+
+def test_submit_script_static():
+    assert os.access(SUBMIT, os.X_OK)
+    text = SUBMIT.read_text()
+    assert text.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in text
+    assert "ray job submit" in text and "--working-dir" in text
+    subprocess.run(["bash", "-n", str(SUBMIT)], check=True)
+    usage = subprocess.run([str(SUBMIT), "-h"], capture_output=True, text=True, check=True)
+    assert usage.stdout.startswith("Usage:")
+
+
+def test_submit_script_runs_ray_job_submit(tmp_path):
+    """With a stand-in `ray` on PATH: the exact command, from the repo root, auth passed on."""
+    fake = tmp_path / "ray"
+    fake.write_text(
+        '#!/usr/bin/env bash\npwd > "$OUT/cwd"\nprintf "%s\\n" "$@" > "$OUT/argv"\n'
+        'echo "${RAY_AUTH_MODE:-}" > "$OUT/mode"\n'
+    )
+    fake.chmod(0o755)
+    env = {
+        k: v for k, v in os.environ.items() if k not in {"RAY_ADDRESS", "CONFIG", "RAY_AUTH_MODE"}
+    }
+    env.update(PATH=f"{tmp_path}{os.pathsep}{env['PATH']}", OUT=str(tmp_path))
+    env["RAY_AUTH_TOKEN"] = "not-a-real-token"
+    subprocess.run([str(SUBMIT), "model.steps=5"], env=env, cwd=tmp_path, check=True)
+
+    assert Path((tmp_path / "cwd").read_text().strip()) == ROOT
+    assert (tmp_path / "argv").read_text().splitlines() == [
+        "job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir", ".",
+        "--runtime-env-json", '{"excludes": [".venv", "runs", ".git"]}',
+        "--", "python", "-m", "find_ray", "train", "--config", "configs/shapes.yaml",
+        "model.steps=5",
+    ]  # fmt: skip
+    assert (tmp_path / "mode").read_text().strip() == "token"
+
+    env["CONFIG"] = "configs/missing.yaml"
+    missing = subprocess.run([str(SUBMIT)], env=env, capture_output=True, text=True)
+    assert missing.returncode == 2 and "configs/missing.yaml" in missing.stderr

@@ -1,0 +1,174 @@
+"""The Ray actor-learner system on one shared local Ray (2 CPUs).
+
+Sync mode with one rollout actor equals the in-process loop; async runs survive killed actors,
+NaN and raising scorers and a killed driver, with the accounting adding up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import ray
+import torch
+
+from find_ray import cli, driver
+from find_ray.config import load_config
+from find_ray.driver import RayTrainer, resume_config
+from find_ray.policy import GaussianNoisePolicy
+from find_ray.train import train_in_process
+
+pytestmark = pytest.mark.ray
+
+SIMULATED = [
+    "model.backend=simulated",
+    "model.latency_s=0.05",
+    "reward.name=brightness",
+    "train.prompts=[p one,p two]",
+    "train.samples_per_prompt=8",
+    "train.iterations=8",
+    "eval.samples_per_prompt=4",
+    "ray.rollouts_per_task=4",
+    "learner.loss.drcm_hidden=8",
+    "learner.drcm_steps=2",
+]
+
+
+def simulated(tmp_path, *overrides: str):
+    return load_config(None, [*SIMULATED, f"train.out_dir={tmp_path / 'run'}", *overrides])
+
+
+def totals_add_up(run_dir) -> dict[str, int]:
+    totals = json.loads((run_dir / "metrics.json").read_text())["rollouts"]
+    assert totals["in_flight"] == 0
+    assert totals["issued"] == totals["stored"] + totals["dropped"]
+    assert totals["dropped"] == sum(v for k, v in totals.items() if k.startswith("dropped/"))
+    return totals
+
+
+def finite_policy(run_dir) -> bool:
+    policy = GaussianNoisePolicy.load(run_dir / "policy.safetensors")
+    return all(torch.isfinite(p).all() for p in policy.parameters())
+
+
+def test_sync_ray_run_learns_like_the_in_process_loop(ray_local, tiny_shapes_dir, tmp_path):
+    common = [
+        f"model.path={tiny_shapes_dir}",
+        "model.steps=2",
+        "train.prompts=[a red circle,two blue squares]",
+        "train.iterations=3",
+        "train.samples_per_prompt=4",
+        "train.rollout_batch_size=4",
+        "eval.samples_per_prompt=4",
+        "learner.loss.drcm_hidden=8",
+        "learner.optimizer=adamw",
+        "learner.loss.policy_lr=0.05",
+    ]
+    local = train_in_process(load_config(None, [*common, f"train.out_dir={tmp_path / 'local'}"]))
+    sync = [
+        "ray.num_rollout_actors=1",
+        "ray.rollouts_per_task=4",
+        "ray.sync=true",
+        f"train.out_dir={tmp_path / 'ray'}",
+    ]
+    remote = RayTrainer(load_config(None, [*common, *sync])).run()
+    a = GaussianNoisePolicy.load(tmp_path / "local" / "policy.safetensors")
+    b = GaussianNoisePolicy.load(tmp_path / "ray" / "policy.safetensors")
+    assert a.mu.abs().max() > 1e-3  # it learned something
+    assert torch.allclose(a.mu, b.mu, atol=1e-5)  # the stated tolerance: 1e-5 per element
+    for h_local, h_ray in zip(local.history, remote.history, strict=True):
+        assert h_ray["reward_mean"] == pytest.approx(h_local["reward_mean"], abs=1e-6)
+    assert remote.gains["scores"] == pytest.approx(local.gains["scores"], abs=1e-6)
+    assert totals_add_up(tmp_path / "ray")["stored"] == 3 * 2 * 4
+
+
+def test_killed_actors_and_nan_scores_keep_the_accounting(ray_local, tmp_path):
+    cfg = simulated(tmp_path, "reward.fault=nan", "reward.fault_rate=0.2", "train.iterations=10")
+    trainer = RayTrainer(cfg)
+    killed: list[int] = []
+
+    def kill_rollout_and_reward_actor(t: RayTrainer) -> None:
+        busy = {f.actor for f in t.pending.values() if f.kind == "rollout"}
+        if killed or 0 not in busy:  # kill actor 0 while it holds rollouts in flight
+            return
+        for actor in (t.actors.rollout[0], t.actors.reward[0]):
+            os.kill(ray.get(actor.pid.remote()), signal.SIGKILL)
+        killed.append(t.version)
+
+    trainer.after_update = kill_rollout_and_reward_actor
+    result = trainer.run()
+    assert killed and result.history[-1]["store_size"] > 0
+    totals = totals_add_up(result.run_dir)
+    assert totals["dropped/actor_died"] >= 1  # its lost work was counted, then resubmitted
+    assert totals["dropped/bad_reward"] >= 1
+    assert totals["stored"] + totals["dropped"] - totals["dropped/actor_died"] == 10 * 16
+    assert finite_policy(result.run_dir)
+
+
+def test_a_raising_scorer_drops_whole_batches(ray_local, tmp_path):
+    cfg = simulated(tmp_path, "reward.fault=raise", "reward.fault_rate=0.3")
+    result = RayTrainer(cfg).run()
+    totals = totals_add_up(result.run_dir)
+    assert totals["dropped/reward_error"] >= 4 and totals["dropped/reward_error"] % 4 == 0
+    assert finite_policy(result.run_dir)
+
+
+def test_killed_driver_resumes_from_its_checkpoint(ray_local, tmp_path):
+    run_dir = tmp_path / "run"
+    args = [
+        *SIMULATED,
+        "train.iterations=60",
+        "model.latency_s=0.1",
+        "ray.checkpoint_every=1",
+        f"train.out_dir={run_dir}",
+    ]
+    env = {**os.environ, "RAY_ADDRESS": ray_local}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "find_ray", "train", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    meta_file = run_dir / "checkpoint" / "meta.json"
+    deadline = time.monotonic() + 240
+    while not (meta_file.is_file() and json.loads(meta_file.read_text())["version"] >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    meta = json.loads(meta_file.read_text())
+    assert meta["version"] < 60
+
+    trainer = RayTrainer(resume_config(run_dir), resume=True)
+    versions: list[int] = []
+    trainer.after_update = lambda t: versions.append(t.version)
+    trainer.run()
+    assert versions[0] == meta["version"] + 1 and versions[-1] == 60
+    totals = totals_add_up(run_dir)
+    assert totals["dropped/interrupted"] == meta["totals"]["in_flight"]
+    assert totals["stored"] >= meta["totals"]["stored"]
+    assert totals["issued"] > meta["totals"]["issued"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("ray.num_rollout_actors=0", "ray.num_rollout_actors"),
+        ("model.path=/no/such/model", "/no/such/model"),
+        ("ray.no_such_key=1", "no_such_key"),
+    ],
+)
+def test_a_bad_config_fails_before_any_actor_starts(monkeypatch, capsys, override, message):
+    def never(*_):
+        raise AssertionError("Ray was started for a bad config")
+
+    monkeypatch.setattr(driver, "connect", never)
+    monkeypatch.setattr(driver, "start_actors", never)
+    assert cli.main(["train", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
