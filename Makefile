@@ -17,9 +17,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-# FIND on 8 shapes prompts in one process (~14 min on 2 cores), then base vs trained policy.
+# FIND on 8 shapes prompts through the Ray actor-learner system (a local Ray is started),
+# then base vs trained policy: report, grids, TensorBoard. --no-ray runs the same in one process.
 demo: setup
-	$(BIN)/find-ray train --no-ray --config configs/find-shapes.yaml train.out_dir=$(DEMO_DIR)
+	$(BIN)/find-ray train --config configs/find-shapes.yaml train.out_dir=$(DEMO_DIR)
 	@echo "demo report: $(DEMO_DIR)/report.md (grids: $(DEMO_DIR)/before_after.png)"
 
 baseline: setup
@@ -30,6 +31,7 @@ test: setup
 	$(BIN)/ruff check find_ray tests benchmarks
 	$(BIN)/pytest -q; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+	BIN=$(BIN) scripts/job_submit_check.sh
 
 lint: setup
 	$(BIN)/ruff check find_ray tests benchmarks
@@ -37,6 +39,7 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/sampling.py
+	$(PY) benchmarks/scale.py
 
 pretrain: setup
 	$(BIN)/find-ray pretrain-shapes

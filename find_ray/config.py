@@ -14,7 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from find_ray.errors import ConfigError
 from find_ray.learner import LearnerConfig
-from find_ray.shapes.pretrain import PretrainConfig
+from find_ray.shapes.settings import PretrainConfig
 
 SHAPES_MODEL = "shapes"  # alias of the model folder shipped inside the package
 

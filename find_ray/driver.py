@@ -119,6 +119,7 @@ class RayTrainer:
         self.window: dict[str, list] = {"rewards": [], "prompts": [], "lags": []}
         self.history: list[dict[str, float]] = []
         self.elapsed_before = 0.0  # training seconds of earlier (resumed) sessions
+        self.last_reward = float("nan")
         self.after_update: Callable[[RayTrainer], None] | None = None  # test hook
         self.actors: Actors | None = None
 
@@ -318,14 +319,18 @@ class RayTrainer:
             self.elapsed(), 1e-9
         )
         metrics["weights_bytes"] = float(self.weights_bytes)
+        metrics["elapsed_s"] = self.elapsed()
+        metrics["rollouts_finished"] = float(self.finished)
         for key, value in self.ledger.totals().items():
             metrics[f"rollouts/{key}"] = float(value)
         self.history.append(metrics)
         for key, value in metrics.items():
             self.writer.add_scalar(key, value, self.version)
         self.bar.update(self.version - self.bar.n)
+        if "reward_mean" in metrics:  # an update right after another may have no new rollouts
+            self.last_reward = metrics["reward_mean"]
         self.bar.set_postfix(
-            reward=f"{metrics.get('reward_mean', float('nan')):.3f}",
+            reward=f"{self.last_reward:.3f}",
             lag=f"{metrics['policy_lag_mean']:.2f}",
             rps=f"{metrics['rollouts_per_s']:.1f}",
             dropped=self.ledger.totals()["dropped"],
@@ -349,6 +354,7 @@ class RayTrainer:
             "in_flight_prompts": in_flight_prompts,
             "elapsed_s": self.elapsed(),
             "prompts": self.prompts,
+            "config": to_yaml(self.cfg),
         }
         save_checkpoint(self.out / "checkpoint", state, meta)
 

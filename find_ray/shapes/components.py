@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
@@ -11,6 +10,7 @@ from transformers import BertTokenizer, CLIPTextConfig, CLIPTextModel
 
 from find_ray.shapes.captions import VOCABULARY
 from find_ray.shapes.pipeline import ShapesPipeline
+from find_ray.shapes.settings import ShapesModelConfig
 from find_ray.shapes.world import IMAGE_SIZE
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ","]
@@ -21,16 +21,6 @@ NOISE_SCHEDULE = {
     "prediction_type": "v_prediction",
     "clip_sample": True,
 }
-
-
-@dataclass
-class ShapesModelConfig:
-    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
-    layers_per_block: int = 1
-    attention_heads: int = 4
-    text_hidden_size: int = 64
-    text_layers: int = 2
-    max_prompt_tokens: int = 16
 
 
 def build_tokenizer() -> BertTokenizer:

@@ -10,7 +10,7 @@ import json
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -22,29 +22,12 @@ from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 from find_ray.shapes.captions import caption_for
-from find_ray.shapes.components import ShapesModelConfig, build_pipeline, training_scheduler
+from find_ray.shapes.components import build_pipeline, training_scheduler
 from find_ray.shapes.pipeline import ShapesPipeline
+from find_ray.shapes.settings import PretrainConfig
 from find_ray.shapes.world import render, sample_scene
 
 STATE_FILE = "training_state.pt"
-
-
-@dataclass
-class PretrainConfig:
-    out_dir: str = "find_ray/shapes/model"  # the shipped pipeline folder
-    state_dir: str = "runs/pretrain-shapes"  # resumable training state (not shipped)
-    seed: int = 0
-    steps: int = 4500
-    batch_size: int = 64
-    lr: float = 1e-3
-    warmup_steps: int = 200
-    weight_decay: float = 0.01
-    ema_decay: float = 0.999
-    caption_dropout: float = 0.1  # empty caption, for classifier-free guidance
-    save_every: int = 250
-    threads: int = 2
-    bf16: bool = False  # CPU autocast: measured 0.80 vs 0.85 s/step here, not worth the precision
-    model: ShapesModelConfig = field(default_factory=ShapesModelConfig)
 
 
 def make_batch(

@@ -1,0 +1,25 @@
+"""The scale benchmark end to end on 1 and 2 simulated actors (tiny latency, few updates)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "scale.py"
+spec = importlib.util.spec_from_file_location("scale", SCRIPT)
+scale = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(scale)
+
+
+@pytest.mark.ray
+def test_scale_benchmark_writes_table_and_plot(ray_local, tmp_path):
+    scale.main(
+        ["--actors", "1", "2", "--latency", "0.1", "--iterations", "5", "--out", str(tmp_path)]
+    )
+    rows = json.loads((tmp_path / "scale.json").read_text())["rows"]
+    assert [r["actors"] for r in rows] == [1, 2]
+    assert rows[0]["efficiency"] == pytest.approx(1.0)
+    assert rows[1]["rollouts_per_s"] > rows[0]["rollouts_per_s"]  # two actors do more work
+    assert rows[0]["weights_bytes"] == 2 * 4 * 3 * 8 * 8 * 4  # mu + log_sigma, 4 prompts, fp32
+    assert (tmp_path / "scale.png").is_file() and "| 2 |" in (tmp_path / "scale.md").read_text()
