@@ -120,11 +120,15 @@ def write_results(rows: list[dict], best_of: list[dict], out: Path) -> None:
         json.dumps({"variants": rows, "best_of_n": best_of}, indent=2) + "\n"
     )
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for row in rows:
+    for row in sorted(rows, key=lambda r: r["variant"] == "find"):  # FIND on top
+        full = row["variant"] == "find"
         ax.plot(
             [p["nfe"] for p in row["curve"]],
             [p["reward"] for p in row["curve"]],
             label=row["variant"],
+            linewidth=2.5 if full else 1.2,
+            color="black" if full else None,
+            zorder=3 if full else 2,
         )
     ax.plot(
         [p["nfe"] for p in best_of], [p["score"] for p in best_of], "k--", label="best-of-N (base)"
@@ -132,7 +136,7 @@ def write_results(rows: list[dict], best_of: list[dict], out: Path) -> None:
     ax.set(
         xscale="log",
         xlabel="denoiser calls per prompt (NFE)",
-        ylabel="mean graded reward",
+        ylabel="mean graded reward of the rollouts",
         title="FIND ablation, shapes world",
     )
     ax.legend()

@@ -167,6 +167,7 @@ class RayTrainer:
             for ref in ready:
                 self._handle(ref, self.pending.pop(ref))
         self.bar.close()
+        self.train_seconds = self.elapsed()
 
     def _handle(self, ref: ray.ObjectRef, flight: Flight) -> None:
         {
@@ -374,7 +375,7 @@ class RayTrainer:
             "",
             f"{self.cfg.ray.num_rollout_actors} rollout actors, {self.cfg.ray.num_reward_actors} "
             f"reward actors, {'synchronous' if self.cfg.ray.sync else 'asynchronous'}; "
-            f"training {self.elapsed() / 60:.1f} min, "
+            f"training {self.train_seconds / 60:.1f} min (evaluation not included), "
             f"learner utilisation {last.get('learner_utilisation', 0):.2f}.",
             "",
             "| rollouts | count |",
