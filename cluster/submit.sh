@@ -7,8 +7,8 @@ usage() {
 Usage: cluster/submit.sh [-h] [KEY=VALUE ...]
 
 Submits `python -m find_ray train --config $CONFIG KEY=VALUE ...` to a running Ray cluster with
-`ray job submit`, uploading this checkout (without .venv, runs and .git) as the job's working
-directory, and streams the job's output until it ends.
+`ray job submit`, uploading a snapshot of this checkout (the files git tracks or would track)
+as the job's working directory, and streams the job's output until it ends.
 
 Environment:
   RAY_ADDRESS          the cluster's dashboard / job API (default http://127.0.0.1:8265; through
@@ -47,7 +47,21 @@ if [[ -z "${RAY_AUTH_MODE:-}" && -n "${RAY_AUTH_TOKEN:-}${RAY_AUTH_TOKEN_PATH:-}
     export RAY_AUTH_MODE=token
 fi
 
-exec ray job submit \
+# Ray hashes the working directory and then zips it: a file that changes in between (a log
+# written into the checkout) makes the job wait for a package that was never uploaded. So the
+# job gets a snapshot: the files git tracks or would track (all of them outside a git checkout).
+snapshot=$(mktemp -d "${TMPDIR:-/tmp}/find-ray-submit.XXXXXX")
+trap 'rm -rf "$snapshot"' EXIT
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    git ls-files -z --cached --others --exclude-standard \
+        | while IFS= read -r -d '' f; do [[ -e "$f" ]] && printf '%s\0' "$f"; done \
+        | tar --null -T - -cf - | tar -xf - -C "$snapshot"
+else
+    tar --exclude=./.venv --exclude=./runs --exclude=./.git -cf - . | tar -xf - -C "$snapshot"
+fi
+cd "$snapshot"
+
+ray job submit \
     --address "${RAY_ADDRESS:-http://127.0.0.1:8265}" \
     --working-dir . \
     --runtime-env-json '{"excludes": [".venv", "runs", ".git"]}' \

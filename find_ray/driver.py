@@ -20,9 +20,10 @@ reward summaries and learner results only):
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ from ray.exceptions import (
     ObjectLostError,
     OutOfMemoryError,
     RayActorError,
+    RayTaskError,
     WorkerCrashedError,
 )
 from torch.utils.tensorboard import SummaryWriter
@@ -121,6 +123,10 @@ class RayTrainer:
         self.elapsed_before = 0.0  # training seconds of earlier (resumed) sessions
         self.last_reward = float("nan")
         self.after_update: Callable[[RayTrainer], None] | None = None  # test hook
+        self.failures: Counter[tuple[str, int]] = Counter()  # failed calls in a row per actor
+        self.retired: set[tuple[str, int]] = set()  # actors that keep failing get no more work
+        r = cfg.ray
+        self.failure_limit = (r.max_restarts + 1) * r.max_in_flight_per_actor
         self.actors: Actors | None = None
 
     # -- the loop -------------------------------------------------------------------------
@@ -199,7 +205,10 @@ class RayTrainer:
 
     def _submit_rollouts(self) -> None:
         r = self.cfg.ray
-        loads = [self._load("rollout", i) for i in range(r.num_rollout_actors)]
+        loads = [
+            self._load("rollout", i) if ("rollout", i) not in self.retired else math.inf
+            for i in range(r.num_rollout_actors)
+        ]
         while min(loads) < r.max_in_flight_per_actor:
             prompts = self._next_prompts(r.rollouts_per_task)
             if not prompts:
@@ -217,16 +226,39 @@ class RayTrainer:
     def _on_rollout(self, ref: ray.ObjectRef, flight: Flight) -> None:
         try:
             ray.get(ref)
-        except LOST as e:
+        except (*LOST, RayTaskError) as e:
+            reason = "rollout_error" if isinstance(e, RayTaskError) else "actor_died"
             log.warning("rollout actor %d lost %d rollouts: %s", flight.actor, len(flight.ids), e)
-            self.requeued.extend(self.ledger.drop(flight.ids, "actor_died"))
+            self.requeued.extend(self.ledger.drop(flight.ids, reason))
+            self._failed("rollout", flight.actor, e)
             return
+        self.failures["rollout", flight.actor] = 0
         self._submit_reward(flight.ids, *flight.refs)
+
+    def _failed(self, kind: str, index: int, error: Exception) -> None:
+        """Counts a failed call; an actor that fails `failure_limit` calls in a row (restarts
+        used up, or an error that repeats) gets no more work; when none is left, the run stops."""
+        self.failures[kind, index] += 1
+        if self.failures[kind, index] < self.failure_limit or (kind, index) in self.retired:
+            return
+        self.retired.add((kind, index))
+        log.error("%s actor %d failed %d calls in a row: retired", kind, index, self.failure_limit)
+        count = (
+            self.cfg.ray.num_rollout_actors if kind == "rollout" else self.cfg.ray.num_reward_actors
+        )
+        if all((kind, i) in self.retired for i in range(count)):
+            raise FindRayError(
+                f"every {kind} actor failed {self.failure_limit} calls in a row; last error: "
+                f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
+            )
 
     # -- rewards --------------------------------------------------------------------------
     def _submit_reward(self, ids, rollouts_ref, images_ref, attempts: int = 0) -> None:
-        loads = [self._load("reward", j) for j in range(self.cfg.ray.num_reward_actors)]
-        j = (loads.index(min(loads)) + attempts) % len(loads)  # a retry prefers another actor
+        live = [
+            j for j in range(self.cfg.ray.num_reward_actors) if ("reward", j) not in self.retired
+        ]
+        live.sort(key=lambda j: self._load("reward", j))
+        j = live[attempts % len(live)]  # the least busy; a retry prefers another actor
         summary_ref, kept_ref = (
             self.actors.reward[j].score.options(num_returns=2).remote(rollouts_ref, images_ref)
         )
@@ -240,13 +272,15 @@ class RayTrainer:
             log.warning("images of %d rollouts lost: %s", len(flight.ids), e)
             self.requeued.extend(self.ledger.drop(flight.ids, "actor_died"))
             return
-        except LOST as e:
-            log.warning("reward actor %d died, resubmitting its batch: %s", flight.actor, e)
+        except (*LOST, RayTaskError) as e:
+            log.warning("reward actor %d failed, resubmitting its batch: %s", flight.actor, e)
+            self._failed("reward", flight.actor, e)
             if flight.attempts >= self.cfg.ray.max_restarts:
                 self.requeued.extend(self.ledger.drop(flight.ids, "actor_died"))
             else:
                 self._submit_reward(flight.ids, *flight.refs[:2], flight.attempts + 1)
             return
+        self.failures["reward", flight.actor] = 0
         for reason, ids in summary.dropped.items():
             self.ledger.drop(ids, reason)
         self.finished += len(flight.ids)
@@ -362,10 +396,7 @@ class RayTrainer:
     def _report(self) -> TrainResult:
         """Base and trained policy evaluated in parallel on two rollout actors; the report."""
         weights, _ = ray.get(self.actors.learner.weights.remote())
-        actors = self.actors.rollout
-        before_ref = actors[0].evaluate.remote(self.cfg.reward, self.cfg.eval, None)
-        after_ref = actors[1 % len(actors)].evaluate.remote(self.cfg.reward, self.cfg.eval, weights)
-        before, after = ray.get([before_ref, after_ref])
+        before, after = self._evaluate([None, weights])
         policy_from_state(weights).save(self.out / "policy.safetensors")
         totals = self.ledger.totals()
         last = self.history[-1] if self.history else {}
@@ -390,6 +421,28 @@ class RayTrainer:
             self.writer.add_image(f"before_after/p{p:02d}", grid, self.version, dataformats="HWC")
         self.writer.close()
         return TrainResult(self.out, report, self.history, gains)
+
+    def _evaluate(self, policies: list[dict | None]) -> list[list]:
+        """Each policy's eval suite on its own live rollout actor; a lost one is sent again."""
+        live = [a for i, a in enumerate(self.actors.rollout) if ("rollout", i) not in self.retired]
+
+        def submit(k: int, attempt: int) -> ray.ObjectRef:
+            actor = live[(k + attempt) % len(live)]
+            return actor.evaluate.remote(self.cfg.reward, self.cfg.eval, policies[k])
+
+        refs = {k: submit(k, 0) for k in range(len(policies))}
+        results: dict[int, list] = {}
+        for attempt in range(1, self.cfg.ray.max_restarts + 2):
+            for k, ref in list(refs.items()):
+                try:
+                    results[k] = ray.get(ref)
+                    del refs[k]
+                except LOST as e:
+                    log.warning("evaluation lost its actor, sending it again: %s", e)
+                    refs[k] = submit(k, attempt)
+            if not refs:
+                return [results[k] for k in range(len(policies))]
+        raise FindRayError("evaluation failed: the rollout actors kept dying")
 
     def _stop_actors(self) -> None:
         if self.actors is None:

@@ -106,7 +106,7 @@ def test_submit_script_runs_ray_job_submit(tmp_path):
     fake = tmp_path / "ray"
     fake.write_text(
         '#!/usr/bin/env bash\npwd > "$OUT/cwd"\nprintf "%s\\n" "$@" > "$OUT/argv"\n'
-        'echo "${RAY_AUTH_MODE:-}" > "$OUT/mode"\n'
+        'echo "${RAY_AUTH_MODE:-}" > "$OUT/mode"\nls -a > "$OUT/files"\n'
     )
     fake.chmod(0o755)
     env = {
@@ -116,7 +116,9 @@ def test_submit_script_runs_ray_job_submit(tmp_path):
     env["RAY_AUTH_TOKEN"] = "not-a-real-token"
     subprocess.run([str(SUBMIT), "model.steps=5"], env=env, cwd=tmp_path, check=True)
 
-    assert Path((tmp_path / "cwd").read_text().strip()) == ROOT
+    snapshot = Path((tmp_path / "cwd").read_text().strip())  # a copy of the checkout, gone now
+    assert snapshot != ROOT and snapshot.name.startswith("find-ray-submit.")
+    assert not snapshot.exists()
     assert (tmp_path / "argv").read_text().splitlines() == [
         "job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir", ".",
         "--runtime-env-json", '{"excludes": [".venv", "runs", ".git"]}',
@@ -124,6 +126,9 @@ def test_submit_script_runs_ray_job_submit(tmp_path):
         "model.steps=5",
     ]  # fmt: skip
     assert (tmp_path / "mode").read_text().strip() == "token"
+    files = (tmp_path / "files").read_text().split()
+    assert {"find_ray", "configs", "pyproject.toml"} <= set(files)
+    assert not {".venv", "runs", ".git"} & set(files)
 
     env["CONFIG"] = "configs/missing.yaml"
     missing = subprocess.run([str(SUBMIT)], env=env, capture_output=True, text=True)

@@ -20,6 +20,7 @@ import torch
 from find_ray import cli, driver
 from find_ray.config import load_config
 from find_ray.driver import RayTrainer, resume_config
+from find_ray.errors import FindRayError
 from find_ray.policy import GaussianNoisePolicy
 from find_ray.train import train_in_process
 
@@ -108,6 +109,28 @@ def test_killed_actors_and_nan_scores_keep_the_accounting(ray_local, tmp_path):
     assert totals["dropped/bad_reward"] >= 1
     assert totals["stored"] + totals["dropped"] - totals["dropped/actor_died"] == 10 * 16
     assert finite_policy(result.run_dir)
+
+
+def test_an_actor_dead_for_good_is_retired_and_the_run_finishes(ray_local, tmp_path):
+    trainer = RayTrainer(simulated(tmp_path))
+
+    def kill_for_good(actors: list[int]):
+        def hook(t: RayTrainer) -> None:
+            if t.version == 2:
+                for i in actors:
+                    ray.kill(t.actors.rollout[i], no_restart=True)
+
+        return hook
+
+    trainer.after_update = kill_for_good([1])
+    result = trainer.run()
+    assert ("rollout", 1) in trainer.retired and ("rollout", 0) not in trainer.retired
+    assert totals_add_up(result.run_dir)["stored"] > 0
+
+    doomed = RayTrainer(simulated(tmp_path / "all"))
+    doomed.after_update = kill_for_good([0, 1])
+    with pytest.raises(FindRayError, match="every rollout actor failed"):
+        doomed.run()
 
 
 def test_a_raising_scorer_drops_whole_batches(ray_local, tmp_path):
