@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +43,7 @@ from ray.exceptions import (
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from find_ray.actor_health import ActorHealth
 from find_ray.actors import Actors, start_actors
 from find_ray.backends import resolve_model_path
 from find_ray.checkpoint import load_checkpoint, policy_from_state, save_checkpoint
@@ -123,10 +124,12 @@ class RayTrainer:
         self.elapsed_before = 0.0  # training seconds of earlier (resumed) sessions
         self.last_reward = float("nan")
         self.after_update: Callable[[RayTrainer], None] | None = None  # test hook
-        self.failures: Counter[tuple[str, int]] = Counter()  # failed calls in a row per actor
-        self.retired: set[tuple[str, int]] = set()  # actors that keep failing get no more work
+        self.reward_queue: deque[tuple[list[int], tuple, int]] = deque()  # (ids, refs, attempts)
         r = cfg.ray
-        self.failure_limit = (r.max_restarts + 1) * r.max_in_flight_per_actor
+        self.health = {  # an actor that died more than max_restarts times is retired
+            "rollout": ActorHealth("rollout", r.num_rollout_actors, r.max_restarts + 1),
+            "reward": ActorHealth("reward", r.num_reward_actors, r.max_restarts + 1),
+        }
         self.actors: Actors | None = None
 
     # -- the loop -------------------------------------------------------------------------
@@ -166,10 +169,14 @@ class RayTrainer:
         self.bar = tqdm(total=iterations, initial=self.version, desc="find (ray)", unit="update")
         while self.version < iterations:
             self._submit_rollouts()
+            self._submit_rewards()
             self._maybe_update()
             if not self.pending:
-                raise RuntimeError("the driver has nothing in flight and nothing to submit")
-            ready, _ = ray.wait(list(self.pending), num_returns=1, fetch_local=False)
+                if not any(h.resting() for h in self.health.values()):
+                    raise RuntimeError("the driver has nothing in flight and nothing to submit")
+                time.sleep(0.1)  # work waits for an actor that is restarting
+                continue
+            ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=1.0, fetch_local=False)
             for ref in ready:
                 self._handle(ref, self.pending.pop(ref))
         self.bar.close()
@@ -205,8 +212,9 @@ class RayTrainer:
 
     def _submit_rollouts(self) -> None:
         r = self.cfg.ray
+        available = self.health["rollout"].available()
         loads = [
-            self._load("rollout", i) if ("rollout", i) not in self.retired else math.inf
+            self._load("rollout", i) if i in available else math.inf
             for i in range(r.num_rollout_actors)
         ]
         while min(loads) < r.max_in_flight_per_actor:
@@ -230,40 +238,27 @@ class RayTrainer:
             reason = "rollout_error" if isinstance(e, RayTaskError) else "actor_died"
             log.warning("rollout actor %d lost %d rollouts: %s", flight.actor, len(flight.ids), e)
             self.requeued.extend(self.ledger.drop(flight.ids, reason))
-            self._failed("rollout", flight.actor, e)
+            counts = not isinstance(e, ActorUnavailableError)
+            self.health["rollout"].failed(flight.actor, e, counts)
             return
-        self.failures["rollout", flight.actor] = 0
-        self._submit_reward(flight.ids, *flight.refs)
-
-    def _failed(self, kind: str, index: int, error: Exception) -> None:
-        """Counts a failed call; an actor that fails `failure_limit` calls in a row (restarts
-        used up, or an error that repeats) gets no more work; when none is left, the run stops."""
-        self.failures[kind, index] += 1
-        if self.failures[kind, index] < self.failure_limit or (kind, index) in self.retired:
-            return
-        self.retired.add((kind, index))
-        log.error("%s actor %d failed %d calls in a row: retired", kind, index, self.failure_limit)
-        count = (
-            self.cfg.ray.num_rollout_actors if kind == "rollout" else self.cfg.ray.num_reward_actors
-        )
-        if all((kind, i) in self.retired for i in range(count)):
-            raise FindRayError(
-                f"every {kind} actor failed {self.failure_limit} calls in a row; last error: "
-                f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
-            )
+        self.health["rollout"].ok(flight.actor)
+        self.reward_queue.append((flight.ids, flight.refs, 0))
 
     # -- rewards --------------------------------------------------------------------------
-    def _submit_reward(self, ids, rollouts_ref, images_ref, attempts: int = 0) -> None:
-        live = [
-            j for j in range(self.cfg.ray.num_reward_actors) if ("reward", j) not in self.retired
-        ]
-        live.sort(key=lambda j: self._load("reward", j))
-        j = live[attempts % len(live)]  # the least busy; a retry prefers another actor
-        summary_ref, kept_ref = (
-            self.actors.reward[j].score.options(num_returns=2).remote(rollouts_ref, images_ref)
-        )
-        refs = (rollouts_ref, images_ref, kept_ref)
-        self.pending[summary_ref] = Flight("reward", ids, j, refs, attempts)
+    def _submit_rewards(self) -> None:
+        """Queued batches to the least busy available reward actors (a retry prefers another)."""
+        while self.reward_queue:
+            available = self.health["reward"].available()
+            if not available:
+                return  # they are restarting: the batches wait
+            ids, (rollouts_ref, images_ref), attempts = self.reward_queue.popleft()
+            available.sort(key=lambda j: self._load("reward", j))
+            j = available[attempts % len(available)]
+            summary_ref, kept_ref = (
+                self.actors.reward[j].score.options(num_returns=2).remote(rollouts_ref, images_ref)
+            )
+            refs = (rollouts_ref, images_ref, kept_ref)
+            self.pending[summary_ref] = Flight("reward", ids, j, refs, attempts)
 
     def _on_reward(self, ref: ray.ObjectRef, flight: Flight) -> None:
         try:
@@ -274,13 +269,15 @@ class RayTrainer:
             return
         except (*LOST, RayTaskError) as e:
             log.warning("reward actor %d failed, resubmitting its batch: %s", flight.actor, e)
-            self._failed("reward", flight.actor, e)
-            if flight.attempts >= self.cfg.ray.max_restarts:
+            counts = not isinstance(e, ActorUnavailableError)  # restarting: not a new failure
+            self.health["reward"].failed(flight.actor, e, counts)
+            attempts = flight.attempts + counts
+            if attempts > self.cfg.ray.max_restarts:
                 self.requeued.extend(self.ledger.drop(flight.ids, "actor_died"))
             else:
-                self._submit_reward(flight.ids, *flight.refs[:2], flight.attempts + 1)
+                self.reward_queue.append((flight.ids, flight.refs[:2], attempts))
             return
-        self.failures["reward", flight.actor] = 0
+        self.health["reward"].ok(flight.actor)
         for reason, ids in summary.dropped.items():
             self.ledger.drop(ids, reason)
         self.finished += len(flight.ids)
@@ -424,7 +421,9 @@ class RayTrainer:
 
     def _evaluate(self, policies: list[dict | None]) -> list[list]:
         """Each policy's eval suite on its own live rollout actor; a lost one is sent again."""
-        live = [a for i, a in enumerate(self.actors.rollout) if ("rollout", i) not in self.retired]
+        live = [
+            a for i, a in enumerate(self.actors.rollout) if i not in self.health["rollout"].retired
+        ]
 
         def submit(k: int, attempt: int) -> ray.ObjectRef:
             actor = live[(k + attempt) % len(live)]
@@ -439,6 +438,7 @@ class RayTrainer:
                     del refs[k]
                 except LOST as e:
                     log.warning("evaluation lost its actor, sending it again: %s", e)
+                    time.sleep(self.health["rollout"].cooldown_s)  # let Ray restart it
                     refs[k] = submit(k, attempt)
             if not refs:
                 return [results[k] for k in range(len(policies))]
