@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import ray
 import torch
 from torch import Tensor
@@ -18,6 +19,7 @@ from torch import Tensor
 from find_ray.backends import make_backend
 from find_ray.config import EvalConfig, FindRayConfig, ModelConfig, RewardConfig
 from find_ray.evaluate import PromptResult, evaluate_policy
+from find_ray.images import image_grid, to_uint8
 from find_ray.learner import Learner, LearnerConfig
 from find_ray.policy import GaussianNoisePolicy, Reduction
 from find_ray.rewards import make_reward
@@ -27,6 +29,7 @@ from find_ray.store import Rollout
 # Weights travel as (version, [ObjectRef]): the list keeps Ray from resolving the ref, so an
 # actor fetches the weights only when the version is new to it (one ray.put per version).
 WeightsBox = list[ray.ObjectRef]
+GRID_IMAGES = 8  # images in a TensorBoard rollout thumbnail
 
 
 class RolloutActor:
@@ -79,6 +82,7 @@ class ScoreSummary:
 
     kept: list[tuple[int, int, float]]  # (rollout id, prompt id, reward)
     dropped: dict[str, list[int]]  # reason -> rollout ids
+    grid: np.ndarray | None = None  # a thumbnail of the batch, labelled with rewards, on request
 
 
 class RewardActor:
@@ -91,9 +95,22 @@ class RewardActor:
     def pid(self) -> int:
         return os.getpid()
 
-    def score(self, rollouts: list[Rollout], images: Tensor) -> tuple[ScoreSummary, list[Rollout]]:
+    def score(
+        self, rollouts: list[Rollout], images: Tensor, grid: bool = False
+    ) -> tuple[ScoreSummary, list[Rollout]]:
         kept, dropped = score_rollouts(self.reward, rollouts, images, self.prompts)
-        return ScoreSummary([(r.rollout_id, r.prompt_id, r.reward) for r in kept], dropped), kept
+        summary = ScoreSummary([(r.rollout_id, r.prompt_id, r.reward) for r in kept], dropped)
+        if grid and kept:
+            rewards, prompt = {r.rollout_id: r.reward for r in kept}, kept[0].prompt_id
+            shown = [
+                n
+                for n, r in enumerate(rollouts)
+                if r.rollout_id in rewards and r.prompt_id == prompt
+            ][:GRID_IMAGES]
+            labels = [f"{rewards[rollouts[n].rollout_id]:.2f}" for n in shown]
+            title = self.prompts[prompt]
+            summary.grid = np.asarray(image_grid(to_uint8(images[shown]), labels, title=title))
+        return summary, kept
 
 
 class LearnerActor:

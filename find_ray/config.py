@@ -109,6 +109,7 @@ class RayConfig:
     sync: bool = False  # one iteration at a time, adds in id order (= the in-process loop)
     max_restarts: int = 3  # per actor; its lost work is resubmitted
     checkpoint_every: int = 5  # learner updates between checkpoints (0: only at the end)
+    grid_every: int = 5  # updates between TensorBoard thumbnails of each prompt's rollouts (0: off)
 
     def __post_init__(self) -> None:
         for key in (
@@ -122,7 +123,7 @@ class RayConfig:
             _require(
                 getattr(self, key) >= 1, f"ray.{key}", f"must be >= 1, got {getattr(self, key)}"
             )
-        for key in ("local_num_cpus", "max_restarts", "checkpoint_every"):
+        for key in ("local_num_cpus", "max_restarts", "checkpoint_every", "grid_every"):
             _require(getattr(self, key) >= 0, f"ray.{key}", "must be >= 0")
         for key in ("rollout", "reward", "learner"):
             for kind in ("cpus", "gpus"):

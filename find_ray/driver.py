@@ -125,6 +125,7 @@ class RayTrainer:
         self.last_reward = float("nan")
         self.after_update: Callable[[RayTrainer], None] | None = None  # test hook
         self.reward_queue: deque[tuple[list[int], tuple, int]] = deque()  # (ids, refs, attempts)
+        self.grids_due: set[int] = set(range(len(self.prompts)))  # prompts to show next
         r = cfg.ray
         self.health = {  # an actor that died more than max_restarts times is retired
             "rollout": ActorHealth("rollout", r.num_rollout_actors, r.max_restarts + 1),
@@ -254,8 +255,13 @@ class RayTrainer:
             ids, (rollouts_ref, images_ref), attempts = self.reward_queue.popleft()
             available.sort(key=lambda j: self._load("reward", j))
             j = available[attempts % len(available)]
+            prompt = self.ledger.in_flight[ids[0]]
+            grid = prompt in self.grids_due  # a thumbnail of this prompt's rollouts is due
+            self.grids_due.discard(prompt)
             summary_ref, kept_ref = (
-                self.actors.reward[j].score.options(num_returns=2).remote(rollouts_ref, images_ref)
+                self.actors.reward[j]
+                .score.options(num_returns=2)
+                .remote(rollouts_ref, images_ref, grid)
             )
             refs = (rollouts_ref, images_ref, kept_ref)
             self.pending[summary_ref] = Flight("reward", ids, j, refs, attempts)
@@ -278,6 +284,11 @@ class RayTrainer:
                 self.reward_queue.append((flight.ids, flight.refs[:2], attempts))
             return
         self.health["reward"].ok(flight.actor)
+        if summary.grid is not None:
+            prompt = summary.kept[0][1]
+            self.writer.add_image(
+                f"rollouts/p{prompt:02d}", summary.grid, self.version, dataformats="HWC"
+            )
         for reason, ids in summary.dropped.items():
             self.ledger.drop(ids, reason)
         self.finished += len(flight.ids)
@@ -319,6 +330,8 @@ class RayTrainer:
         if box is not None:
             self.weights = (self.version, box)
         self._log(metrics)
+        if self.cfg.ray.grid_every and self.version % self.cfg.ray.grid_every == 0:
+            self.grids_due = set(range(len(self.prompts)))
         every = self.cfg.ray.checkpoint_every
         if (every and self.version % every == 0) or self.version == self.cfg.train.iterations:
             self.checkpoint()

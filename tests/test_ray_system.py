@@ -145,6 +145,18 @@ def test_a_raising_scorer_drops_whole_batches(ray_local, tmp_path):
     assert finite_policy(result.run_dir)
 
 
+def test_tensorboard_has_rollout_thumbnails_and_before_after_grids(ray_local, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = RayTrainer(simulated(tmp_path, "ray.grid_every=4")).run()
+    events = EventAccumulator(str(result.run_dir / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    tags = set(events.Tags()["images"])
+    assert {"rollouts/p00", "rollouts/p01", "before_after/p00", "before_after/p01"} <= tags
+    assert len(events.Images("rollouts/p00")) >= 2  # at the start and after update 4
+    assert {"policy_lag_mean", "rollouts_per_s", "clip_fraction"} <= set(events.Tags()["scalars"])
+
+
 def test_killed_driver_resumes_from_its_checkpoint(ray_local, tmp_path):
     run_dir = tmp_path / "run"
     args = [
