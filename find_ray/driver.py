@@ -366,7 +366,8 @@ class RayTrainer:
         metrics["weights_bytes"] = float(self.weights_bytes)
         metrics["elapsed_s"] = self.elapsed()
         metrics["rollouts_finished"] = float(self.finished)
-        for key, value in self.ledger.totals().items():
+        totals = self.ledger.totals()
+        for key, value in totals.items():
             metrics[f"rollouts/{key}"] = float(value)
         self.history.append(metrics)
         for key, value in metrics.items():
@@ -378,7 +379,7 @@ class RayTrainer:
             reward=f"{self.last_reward:.3f}",
             lag=f"{metrics['policy_lag_mean']:.2f}",
             rps=f"{metrics['rollouts_per_s']:.1f}",
-            dropped=self.ledger.totals()["dropped"],
+            dropped=totals["dropped"],
         )
         self.window = {"rewards": [], "prompts": [], "lags": []}
         self.last_update, self.done_at_last_update = now, self.finished
