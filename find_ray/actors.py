@@ -153,7 +153,8 @@ class LearnerActor:
         return self.learner.weights()
 
     def weights_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.learner.weights()[0].values())
+        """Size of one broadcast (no copy of the weights is made to count it)."""
+        return sum(t.numel() * t.element_size() for t in self.learner.policy.state_dict().values())
 
     def state_dict(self) -> dict[str, Any]:
         return {**self.learner.state_dict(), "busy_s": self.busy_s}

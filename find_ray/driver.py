@@ -85,6 +85,10 @@ def connect(cfg: RayConfig) -> bool:
         return True
 
 
+def new_window() -> dict[str, list]:
+    return {"rewards": [], "prompts": [], "lags": []}
+
+
 @dataclass
 class Flight:
     """One remote call the driver waits for."""
@@ -119,7 +123,7 @@ class RayTrainer:
         self.weights: tuple[int, list] = (0, [])
         self.pending: dict[ray.ObjectRef, Flight] = {}
         self.held_adds: list[tuple[int, ray.ObjectRef, list[int]]] = []  # sync mode only
-        self.window: dict[str, list] = {"rewards": [], "prompts": [], "lags": []}
+        self.window = new_window()  # rewards, prompts and lags since the last update
         self.history: list[dict[str, float]] = []
         self.elapsed_before = 0.0  # training seconds of earlier (resumed) sessions
         self.last_reward = float("nan")
@@ -239,11 +243,16 @@ class RayTrainer:
             reason = "rollout_error" if isinstance(e, RayTaskError) else "actor_died"
             log.warning("rollout actor %d lost %d rollouts: %s", flight.actor, len(flight.ids), e)
             self.requeued.extend(self.ledger.drop(flight.ids, reason))
-            counts = not isinstance(e, ActorUnavailableError)
-            self.health["rollout"].failed(flight.actor, e, counts)
+            self._actor_failed("rollout", flight.actor, e)
             return
         self.health["rollout"].ok(flight.actor)
         self.reward_queue.append((flight.ids, flight.refs, 0))
+
+    def _actor_failed(self, kind: str, actor: int, error: Exception) -> bool:
+        """Records a failed call; returns whether it counts (a restarting actor's does not)."""
+        counts = not isinstance(error, ActorUnavailableError)
+        self.health[kind].failed(actor, error, counts)
+        return counts
 
     # -- rewards --------------------------------------------------------------------------
     def _submit_rewards(self) -> None:
@@ -275,9 +284,7 @@ class RayTrainer:
             return
         except (*LOST, RayTaskError) as e:
             log.warning("reward actor %d failed, resubmitting its batch: %s", flight.actor, e)
-            counts = not isinstance(e, ActorUnavailableError)  # restarting: not a new failure
-            self.health["reward"].failed(flight.actor, e, counts)
-            attempts = flight.attempts + counts
+            attempts = flight.attempts + self._actor_failed("reward", flight.actor, e)
             if attempts > self.cfg.ray.max_restarts:
                 self.requeued.extend(self.ledger.drop(flight.ids, "actor_died"))
             else:
@@ -381,7 +388,7 @@ class RayTrainer:
             rps=f"{metrics['rollouts_per_s']:.1f}",
             dropped=totals["dropped"],
         )
-        self.window = {"rewards": [], "prompts": [], "lags": []}
+        self.window = new_window()
         self.last_update, self.done_at_last_update = now, self.finished
 
     def checkpoint(self) -> None:
@@ -389,7 +396,6 @@ class RayTrainer:
         for ref in [ref for ref, f in self.pending.items() if f.kind == "add"]:
             self._handle(ref, self.pending.pop(ref))
         state = ray.get(self.actors.learner.state_dict.remote())
-        in_flight_prompts = list(self.ledger.in_flight.values())
         meta = {
             "version": self.version,
             "ledger": self.ledger.state_dict(),
@@ -397,7 +403,6 @@ class RayTrainer:
             "next_slot": self.next_slot,
             "finished": self.finished,
             "requeued": list(self.requeued),
-            "in_flight_prompts": in_flight_prompts,
             "elapsed_s": self.elapsed(),
             "prompts": self.prompts,
             "config": to_yaml(self.cfg),

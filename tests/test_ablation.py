@@ -1,16 +1,13 @@
 """The ablation benchmark: best-of-N estimator by hand, and an end-to-end run on a tiny model."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "ablation.py"
-spec = importlib.util.spec_from_file_location("ablation", SCRIPT)
-ablation = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ablation)
+from tests.benchmark_script import load_benchmark
+
+ablation = load_benchmark("ablation")
 
 
 def test_expected_best_of_by_hand():

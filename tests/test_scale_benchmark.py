@@ -1,15 +1,12 @@
 """The scale benchmark end to end on 1 and 2 simulated actors (tiny latency, few updates)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "scale.py"
-spec = importlib.util.spec_from_file_location("scale", SCRIPT)
-scale = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(scale)
+from tests.benchmark_script import load_benchmark
+
+scale = load_benchmark("scale")
 
 
 @pytest.mark.ray
