@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup demo baseline test lint bench pretrain clean
+.PHONY: setup browser demo baseline test lint bench pretrain clean
 
 setup: $(VENV)/.installed
 
@@ -17,6 +17,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
+# The Serve page test drives Debian's chromium with playwright (playwright's own browser download
+# cannot work offline). Installed when missing and apt-get can (root); else that test is skipped.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	  >/dev/null 2>&1; } || echo "chromium could not be installed: the page test will skip" >&2
+
 # FIND on 8 shapes prompts through the Ray actor-learner system (a local Ray is started),
 # then base vs trained policy: report, grids, TensorBoard. --no-ray runs the same in one process.
 demo: setup
@@ -27,7 +34,7 @@ baseline: setup
 	$(BIN)/find-ray eval --config configs/shapes.yaml eval.out_dir=runs/baseline
 
 # pytest exits 5 when it collects no test: that is a failure here, not a pass.
-test: setup
+test: setup browser
 	$(BIN)/ruff check find_ray tests benchmarks
 	$(BIN)/pytest -q; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc

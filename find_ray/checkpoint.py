@@ -29,7 +29,9 @@ def save_checkpoint(path: Path, learner_state: dict[str, Any], meta: dict[str, A
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    policy_from_state(learner_state["policy"]).save(tmp / "policy.safetensors")
+    policy_from_state(learner_state["policy"]).save(
+        tmp / "policy.safetensors", meta.get("version"), meta.get("prompts")
+    )
     torch.save(learner_state, tmp / "learner.pt")
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     if path.exists():

@@ -1,4 +1,4 @@
-"""`find-ray`: sample | eval | train | pretrain-shapes.
+"""`find-ray`: sample | eval | train | serve | pretrain-shapes.
 
 Every command takes `--config FILE` and `key=value` overrides; user errors print one line and
 exit with status 2.
@@ -94,6 +94,21 @@ def cmd_train(args) -> None:
     print(f"report: {train_with_ray(cfg).report}")
 
 
+def cmd_serve(args) -> None:
+    from find_ray.serve.launch import serve_forever
+    from find_ray.serve.schema import ServeArgs
+
+    serve_args = ServeArgs(
+        run_dir=str(Path(args.run_dir).expanduser().resolve()),
+        num_replicas=args.replicas,
+        num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
+        max_batch_size=args.max_batch_size,
+    )
+    poll_s = args.poll_s if args.follow else None
+    serve_forever(serve_args, args.host, args.port, args.address, poll_s)
+
+
 def cmd_pretrain_shapes(args) -> None:
     from find_ray.shapes.pretrain import pretrain
 
@@ -124,6 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a Ray run from its checkpoint")
     _common(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("serve", help="serve a run's noise policy over HTTP (Ray Serve)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by `find-ray train`")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--replicas", type=int, default=1, help="generator replicas")
+    p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per generator replica")
+    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per generator replica")
+    p.add_argument("--max-batch-size", type=int, default=8, help="requests per pipeline call")
+    p.add_argument("--address", default="", help="Ray address (default: RAY_ADDRESS or local)")
+    p.add_argument("--follow", action="store_true", help="load newer policies as training runs")
+    p.add_argument("--poll-s", type=float, default=10.0, help="--follow: seconds between polls")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("pretrain-shapes", help="train the shipped shapes diffusion model")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this")

@@ -413,7 +413,7 @@ class RayTrainer:
         """Base and trained policy evaluated in parallel on two rollout actors; the report."""
         weights, _ = ray.get(self.actors.learner.weights.remote())
         before, after = self._evaluate([None, weights])
-        policy_from_state(weights).save(self.out / "policy.safetensors")
+        policy_from_state(weights).save(self.out / "policy.safetensors", self.version, self.prompts)
         totals = self.ledger.totals()
         last = self.history[-1] if self.history else {}
         sections = [

@@ -92,20 +92,34 @@ class GaussianNoisePolicy(nn.Module):
         mu, sigma = self.mean_std(prompt_ids)
         return (mu**2 + (sigma - 1.0) ** 2).mean()
 
-    def save(self, path: str | Path) -> None:
-        """Write parameters to a safetensors file; shape and num_prompts go in its metadata."""
+    def save(
+        self, path: str | Path, version: int | None = None, prompts: list[str] | None = None
+    ) -> None:
+        """Write parameters to a safetensors file; shape and num_prompts go in its metadata,
+        and so do the learner version and the prompts (in policy order) when given."""
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         meta = {"kind": "gaussian", "num_prompts": str(self.num_prompts)}
         meta["shape"] = json.dumps(list(self.shape))
+        if version is not None:
+            meta["version"] = str(int(version))
+        if prompts is not None:
+            if len(prompts) != self.num_prompts:
+                raise ValueError(f"{len(prompts)} prompts for {self.num_prompts} policies")
+            meta["prompts"] = json.dumps(list(prompts))
         save_file(tensors, str(path), metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> GaussianNoisePolicy:
         """Rebuild a policy written by ``save``."""
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        meta = read_policy_metadata(path)
         if meta.get("kind") != "gaussian":
             raise ValueError(f"{path} is not a GaussianNoisePolicy file (metadata {meta})")
         policy = cls(int(meta["num_prompts"]), json.loads(meta["shape"]))
         policy.load_state_dict(load_file(str(path)))
         return policy
+
+
+def read_policy_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a policy file (kind, shape, num_prompts; version, prompts if saved)."""
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}

@@ -83,7 +83,7 @@ def train_in_process(cfg: FindRayConfig) -> TrainResult:
         bar.set_postfix(
             reward=f"{metrics['reward_mean']:.3f}", clip=f"{metrics.get('clip_fraction', 0):.2f}"
         )
-    learner.policy.save(out / "policy.safetensors")
+    learner.policy.save(out / "policy.safetensors", cfg.train.iterations, prompts)
     torch.save(learner.state_dict(), out / "learner.pt")
     before = evaluate_policy(backend, reward, prompts, cfg.eval)
     after = evaluate_policy(backend, reward, prompts, cfg.eval, learner.policy)

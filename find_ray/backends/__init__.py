@@ -6,6 +6,7 @@ benchmark runs dozens) do not pay for importing diffusers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -22,7 +23,14 @@ class Backend(Protocol):
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor: ...
 
-    def generate(self, z_T: torch.Tensor, prompts: list[str], seed: int = 0) -> torch.Tensor: ...
+    def generate(
+        self, z_T: torch.Tensor, prompts: list[str], seed: int | Sequence[int] = 0, **sampler: Any
+    ) -> torch.Tensor: ...
+
+
+def denoiser_calls(steps: int, guidance: float) -> int:
+    """Denoiser (UNet) passes to sample one image: classifier-free guidance doubles each step."""
+    return steps * (2 if guidance > 1.0 else 1)
 
 
 def make_backend(cfg: ModelConfig) -> Backend:
@@ -46,6 +54,7 @@ __all__ = [
     "Backend",
     "PipelineBackend",
     "SimulatedBackend",
+    "denoiser_calls",
     "load_pipeline",
     "make_backend",
     "resolve_model_path",

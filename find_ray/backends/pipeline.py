@@ -7,6 +7,7 @@ images equal those of the plain pipeline bit for bit.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -77,17 +78,19 @@ class PipelineBackend:
         steps: int | None = None,
         guidance: float | None = None,
         eta: float | None = None,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
     ) -> torch.Tensor:
         """Denoises z_T (B, *latent_shape) into images (B, 3, H, W) in [0, 1] on the CPU.
 
-        `seed` seeds one generator per image (seed + i) for the sampler's own noise (eta > 0).
+        `seed` seeds one generator per image for the sampler's own noise (eta > 0): seed + i
+        for an int, seed[i] for a sequence (so an image does not depend on its batch).
         """
         if z_T.shape[0] != len(prompts) or tuple(z_T.shape[1:]) != self.latent_shape:
             raise ValueError(
                 f"z_T {tuple(z_T.shape)} does not fit {len(prompts)} prompts x {self.latent_shape}"
             )
-        generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
+        seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
         images = self.pipe(
             prompt=prompts,
             latents=z_T.to(self.pipe.device, self.pipe.unet.dtype),

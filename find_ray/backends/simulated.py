@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Sequence
 
 import torch
 
@@ -40,7 +41,9 @@ class SimulatedBackend:
             ]
         )
 
-    def generate(self, z_T: torch.Tensor, prompts: list[str], seed: int = 0, **_) -> torch.Tensor:
+    def generate(
+        self, z_T: torch.Tensor, prompts: list[str], seed: int | Sequence[int] = 0, **_
+    ) -> torch.Tensor:
         """Sleeps for the batch latency; the image is sigmoid(z_T) (B, 3, H, W) in [0, 1]."""
         if z_T.shape[0] != len(prompts) or tuple(z_T.shape[1:]) != self.latent_shape:
             raise ValueError(

@@ -1,0 +1,242 @@
+"""The Ray Serve application: a FastAPI ingress in front of a batching generator deployment.
+
+    client --HTTP--> Ingress (validation, PNG encoding) --handle--> Generator (@serve.batch:
+    one pipeline call per batch of requests with equal sampler settings)
+
+The Generator takes the run folder through `user_config`; `reconfigure` builds the backend
+the first time and afterwards only loads a newer policy, so a redeploy with a bumped
+`policy_version` (what `find-ray serve --follow` does) swaps policies without dropping requests.
+"""
+
+import asyncio
+import base64
+import io
+import logging
+import secrets
+import time
+from importlib import resources
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from ray import serve
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
+
+from find_ray.errors import FindRayError, ModelPathError
+from find_ray.images import image_grid, to_uint8
+from find_ray.serve.generator import AlignedGenerator, Job, JobResult, RunInfo
+from find_ray.serve.schema import (
+    MAX_BODY_BYTES,
+    GeneratedImage,
+    GenerateRequest,
+    GenerateResponse,
+    PromptsResponse,
+    RequestError,
+    ServeArgs,
+    parse_generate,
+)
+
+log = logging.getLogger(__name__)
+
+api = FastAPI(
+    title="find_ray",
+    description="Aligned generation with a FIND noise policy (per-prompt or base N(0, I)).",
+)
+
+
+def error(status: int, detail: str, field: str | None = None) -> JSONResponse:
+    """Every refused request gets this body: one line naming the field."""
+    return JSONResponse({"detail": detail, "field": field}, status_code=status)
+
+
+@api.middleware("http")
+async def _limit_body(request: Request, call_next):
+    """Refuses a declared oversized body before reading it (parse_generate checks the rest)."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+        return error(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    return await call_next(request)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def image_labels(job: Job, result: JobResult) -> list[str]:
+    """Grid captions: seed and, when scored, the reward."""
+    rewards = result.rewards or [None] * job.n
+    return [f"{job.seed + i}" + ("" if r is None else f" {r:.2f}") for i, r in enumerate(rewards)]
+
+
+@serve.deployment(name="Generator", max_ongoing_requests=256)
+class GeneratorDeployment:
+    """Holds one AlignedGenerator; batches requests into pipeline calls."""
+
+    def __init__(self) -> None:
+        self.core: AlignedGenerator | None = None
+        self.config: dict = {}
+
+    def reconfigure(self, config: dict) -> None:
+        if config.get("torch_threads"):
+            torch.set_num_threads(int(config["torch_threads"]))
+        self.generate.set_max_batch_size(int(config["max_batch_size"]))
+        self.generate.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
+        source = (config["run_dir"], config.get("score"))
+        if self.core is None or source != (self.config["run_dir"], self.config.get("score")):
+            self.core = AlignedGenerator(*source)
+        else:
+            self.core.reload()
+        self.config = dict(config)
+
+    def describe(self) -> RunInfo:
+        return self.core.describe()
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def generate(self, jobs: list[Job]) -> list[JobResult]:
+        # In a thread, so the replica keeps queueing the next batch while this one denoises.
+        return await asyncio.to_thread(self.core.generate, jobs)
+
+
+@serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
+@serve.ingress(api)
+class Ingress:
+    """HTTP routes; validation here, so a bad request never reaches the generator."""
+
+    def __init__(self, generator: DeploymentHandle) -> None:
+        self.generator = generator
+
+    async def info(self) -> RunInfo:
+        return await self.generator.describe.remote()
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self) -> str:
+        return resources.files("find_ray.serve").joinpath("page.html").read_text()
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        info = await self.info()
+        return {"status": "ok", "policy_version": info.version}
+
+    @api.get("/prompts", response_model=PromptsResponse)
+    async def prompts(self) -> PromptsResponse:
+        info = await self.info()
+        return PromptsResponse(
+            prompts=info.prompts,
+            policies=info.policies,
+            policy_version=info.version,
+            reward=info.reward.name,
+            steps=info.steps,
+            guidance=info.guidance,
+        )
+
+    @api.post(
+        "/generate",
+        response_model=GenerateResponse,
+        responses={200: {"content": {"image/png": {}}}, 400: {}, 413: {}, 422: {}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": GenerateRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def generate(self, raw: Request):
+        began = time.perf_counter()
+        try:
+            request = parse_generate(await raw.body())
+            seed = secrets.randbelow(2**31 - 16) if request.seed is None else request.seed
+            info = await self.info()
+            job = info.job(
+                request.prompt, request.n, seed, request.steps, request.guidance, request.policy
+            )
+        except RequestError as e:
+            return error(e.status, e.detail, e.field)
+        try:
+            result: JobResult = await self.generator.generate.remote(job)
+        except Exception as e:  # a failure inside the pipeline: the replica lives on
+            log.exception("generation failed")
+            return error(500, f"generation failed: {type(e).__name__}")
+        images = to_uint8(result.images)
+        if request.format == "png":
+            grid = image_grid(list(images), image_labels(job, result), title=job.prompt)
+            buffer = io.BytesIO()
+            grid.save(buffer, format="PNG")
+            headers = {
+                "X-Policy": job.policy,
+                "X-Policy-Version": str(result.policy_version),
+                "X-Seeds": f"{seed}-{seed + job.n - 1}",
+            }
+            if result.rewards is not None:
+                headers["X-Rewards"] = ",".join(f"{r:.4f}" for r in result.rewards)
+            return Response(buffer.getvalue(), media_type="image/png", headers=headers)
+        return GenerateResponse(
+            prompt=job.prompt,
+            policy=job.policy,
+            policy_version=result.policy_version,
+            steps=job.steps,
+            guidance=job.guidance,
+            seconds=time.perf_counter() - began,
+            images=[
+                GeneratedImage(
+                    seed=seed + i,
+                    policy=job.policy,
+                    denoiser_calls=job.calls_per_image,
+                    reward=None if result.rewards is None else result.rewards[i],
+                    metrics=result.metrics[i] if result.metrics else {},
+                    png_base64=base64.b64encode(png_bytes(image)).decode(),
+                )
+                for i, image in enumerate(images)
+            ],
+        )
+
+
+def check_run_folder(run_dir: str) -> None:
+    """Fails at start, in one line naming the file, on a missing or corrupt run folder."""
+    from find_ray.run_folder import load_run_policy, read_run_config
+    from find_ray.train import train_prompts
+
+    cfg = read_run_config(run_dir)
+    try:
+        prompts = train_prompts(cfg)
+    except FindRayError as e:
+        raise ModelPathError(f"{run_dir}/config.yaml: {e}") from None
+    load_run_policy(run_dir, prompts)
+    if cfg.model.backend == "pipeline":
+        from find_ray.backends import resolve_model_path
+
+        resolve_model_path(cfg.model.path)
+
+
+def user_config(args: ServeArgs) -> dict:
+    """What the Generator's `reconfigure` receives (a change here is a lightweight update)."""
+    keys = (
+        "run_dir",
+        "score",
+        "torch_threads",
+        "max_batch_size",
+        "batch_wait_timeout_s",
+        "policy_version",
+    )
+    return {key: getattr(args, key) for key in keys}
+
+
+def build_app(args: ServeArgs) -> Application:
+    """The Serve application for a run folder, checked before anything is deployed."""
+    check_run_folder(args.run_dir)
+    generator = GeneratorDeployment.options(
+        num_replicas=args.num_replicas,
+        ray_actor_options={"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
+        user_config=user_config(args),
+    ).bind()
+    return Ingress.bind(generator)
+
+
+def app(args: dict) -> Application:
+    """Application builder for `import_path: find_ray.serve:app` (Serve passes `args`)."""
+    return build_app(ServeArgs.model_validate(args))

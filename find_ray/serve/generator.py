@@ -1,0 +1,180 @@
+"""AlignedGenerator: a run's backend, reward and noise policy behind one `generate` call.
+
+Plain Python (no Ray): the Serve deployment holds one, the overhead benchmark calls it
+directly. Image i of a request is sampled from seed + i: eps = randn(seed + i), z_T = eps
+under the base policy and mu_c + sigma_c * eps under the trained one, so base and trained
+images from the same seed are a paired comparison.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from find_ray.backends import Backend, denoiser_calls, make_backend
+from find_ray.config import RewardConfig
+from find_ray.errors import FindRayError
+from find_ray.rewards import RewardFn, check_prompts, make_reward
+from find_ray.run_folder import RunPolicy, load_run_policy, read_run_config
+from find_ray.serve.schema import RequestError
+from find_ray.train import train_prompts
+
+log = logging.getLogger(__name__)
+
+# Rewards cheap enough to score every served image (no second model to run).
+CHEAP_REWARDS = frozenset({"shapes", "brightness"})
+
+
+@dataclass
+class Job:
+    """One request: n images of one prompt from seeds seed..seed+n-1."""
+
+    prompt: str
+    n: int
+    seed: int
+    steps: int
+    guidance: float
+    policy: str  # trained | base
+    calls_per_image: int  # denoiser passes (CFG doubles each step)
+
+
+@dataclass
+class JobResult:
+    images: torch.Tensor  # (n, 3, H, W) in [0, 1]
+    policy_version: int
+    rewards: list[float] | None = None
+    metrics: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class RunInfo:
+    prompts: list[str]  # prompts with a trained policy
+    reward: RewardConfig
+    steps: int  # the run's sampler defaults
+    guidance: float
+    version: int
+
+    @property
+    def policies(self) -> list[str]:
+        return ["trained", "base"] if self.prompts else ["base"]
+
+    def job(
+        self,
+        prompt: str,
+        n: int,
+        seed: int,
+        steps: int | None = None,
+        guidance: float | None = None,
+        policy: str = "auto",
+    ) -> Job:
+        """A job with the run's sampler defaults filled in and its policy kind chosen: trained
+        when the run learned the prompt (unless base is asked for), else base."""
+        try:
+            check_prompts(self.reward, [prompt])
+        except FindRayError as e:
+            raise RequestError(422, f"field 'prompt': {e}", "prompt") from None
+        trained = prompt in self.prompts
+        if policy == "trained" and not trained:
+            why = f"field 'policy': prompt {prompt!r} has no trained policy in this run"
+            raise RequestError(422, why, "policy")
+        steps = self.steps if steps is None else steps
+        guidance = self.guidance if guidance is None else guidance
+        kind = "trained" if trained and policy != "base" else "base"
+        return Job(prompt, n, seed, steps, guidance, kind, denoiser_calls(steps, guidance))
+
+
+def image_noise(shape: tuple[int, ...], seeds: Sequence[int]) -> torch.Tensor:
+    """One standard-normal draw per seed, (len(seeds), *shape); a pure function of the seed."""
+    return torch.stack(
+        [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
+    )
+
+
+class AlignedGenerator:
+    """Generates with the newest noise policy of a run folder; `reload` picks up a newer one."""
+
+    def __init__(self, run_dir: str, score: bool | None = None) -> None:
+        self.run_dir = run_dir
+        self.cfg = read_run_config(run_dir)
+        self.run_prompts = train_prompts(self.cfg)
+        self.run: RunPolicy = load_run_policy(run_dir, self.run_prompts)
+        self.backend: Backend = make_backend(self.cfg.model)
+        if tuple(self.run.policy.shape) != tuple(self.backend.latent_shape):
+            raise FindRayError(
+                f"{self.run.path}: policy shape {self.run.policy.shape} does not fit the model's "
+                f"latent {self.backend.latent_shape}"
+            )
+        self.score = self.cfg.reward.name in CHEAP_REWARDS if score is None else score
+        self.reward: RewardFn | None = make_reward(self.cfg.reward) if self.score else None
+
+    @property
+    def version(self) -> int:
+        return self.run.version
+
+    @property
+    def prompts(self) -> list[str]:
+        return self.run.prompts
+
+    def reload(self) -> bool:
+        """Loads a newer policy if the run folder has one; keeps the current one on any error."""
+        try:
+            newer = load_run_policy(self.run_dir, self.run_prompts)
+        except FindRayError as e:  # a checkpoint mid-swap, say: serve on, try at the next poll
+            log.warning("policy reload skipped: %s", e)
+            return False
+        if newer.version <= self.run.version:
+            return False
+        self.run = newer  # one assignment: a batch in flight keeps the policy it started with
+        log.info("loaded policy version %d from %s", newer.version, newer.path)
+        return True
+
+    def noise(self, job: Job, run: RunPolicy) -> torch.Tensor:
+        eps = image_noise(self.backend.latent_shape, range(job.seed, job.seed + job.n))
+        if job.policy == "base":
+            return eps
+        with torch.no_grad():
+            mu, sigma = run.policy.mean_std(torch.tensor([run.prompts.index(job.prompt)]))
+        return mu + sigma * eps
+
+    def generate(self, jobs: list[Job]) -> list[JobResult]:
+        """All jobs, one pipeline call per group of equal sampler settings."""
+        run = self.run
+        results: list[JobResult | None] = [None] * len(jobs)
+        groups: dict[tuple[int, float], list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault((job.steps, job.guidance), []).append(i)
+        for (steps, guidance), members in groups.items():
+            batch = [jobs[i] for i in members]
+            z = torch.cat([self.noise(job, run) for job in batch])
+            prompts = [job.prompt for job in batch for _ in range(job.n)]
+            seeds = [s for job in batch for s in range(job.seed, job.seed + job.n)]
+            images = self.backend.generate(z, prompts, steps=steps, guidance=guidance, seed=seeds)
+            scored = self._score(images, prompts)
+            start = 0
+            for i, job in zip(members, batch, strict=True):
+                part = slice(start, start + job.n)
+                start += job.n
+                rewards, metrics = (
+                    (None, []) if scored is None else (scored[0][part], scored[1][part])
+                )
+                results[i] = JobResult(images[part], run.version, rewards, metrics)
+        return results  # type: ignore[return-value]
+
+    def _score(
+        self, images: torch.Tensor, prompts: list[str]
+    ) -> tuple[list[float], list[dict[str, float]]] | None:
+        if self.reward is None:
+            return None
+        scores, info = self.reward(images, prompts)
+        metrics = [{k: float(v[i]) for k, v in info.items()} for i in range(len(prompts))]
+        return [float(s) for s in scores], metrics
+
+    def describe(self) -> RunInfo:
+        """What the ingress needs to validate requests and answer GET /prompts."""
+        model = self.cfg.model
+        return RunInfo(
+            list(self.run.prompts), self.cfg.reward, model.steps, model.guidance, self.run.version
+        )

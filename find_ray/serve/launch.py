@@ -1,0 +1,66 @@
+"""`find-ray serve RUN_DIR`: start the application on a Ray cluster and keep it up.
+
+With `--follow` the command polls the run folder and, when training has written a newer policy,
+redeploys with a bumped `policy_version` in the user_config: the replicas' `reconfigure` loads
+it in place (a lightweight update, no restart, no request dropped).
+"""
+
+from __future__ import annotations
+
+import time
+
+from ray import serve
+
+from find_ray.config import RayConfig
+from find_ray.run_folder import newest_policy_version
+from find_ray.serve.app import build_app
+from find_ray.serve.schema import ServeArgs
+
+APP_NAME = "find-ray"
+
+
+def deploy(
+    args: ServeArgs, host: str = "127.0.0.1", port: int = 8000, address: str = ""
+) -> tuple[str, ServeArgs]:
+    """Deploys the app for `args.run_dir` (starting Serve's HTTP proxy on host:port).
+
+    Returns its URL and the arguments deployed, `policy_version` set to the version on disk.
+    """
+    from find_ray.driver import connect
+
+    args = args.model_copy(update={"policy_version": newest_policy_version(args.run_dir)})
+    app = build_app(args)  # checks the run folder before touching Ray
+    connect(RayConfig(address=address))
+    # Serve's default HTTP host has differed between its docs and its code: always pass it.
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(app, name=APP_NAME, route_prefix="/")
+    return f"http://{host}:{port}/", args
+
+
+def follow(args: ServeArgs, poll_s: float, until: float = float("inf")) -> ServeArgs:
+    """Redeploys whenever the run folder holds a newer policy than `args.policy_version`."""
+    served = args.policy_version
+    while time.monotonic() < until:
+        time.sleep(poll_s)
+        newest = newest_policy_version(args.run_dir)
+        if newest > served:
+            args = args.model_copy(update={"policy_version": newest})
+            serve.run(build_app(args), name=APP_NAME, route_prefix="/")
+            print(f"serving policy version {newest}", flush=True)
+            served = newest
+    return args
+
+
+def serve_forever(
+    args: ServeArgs, host: str, port: int, address: str = "", poll_s: float | None = None
+) -> None:
+    """`find-ray serve`: deploy, print the URL, then wait (and follow the run) until Ctrl-C."""
+    url, args = deploy(args, host, port, address)
+    print(f"find_ray serving {args.run_dir} at {url}  (API docs: {url}docs; Ctrl-C stops)")
+    try:
+        if poll_s:
+            follow(args, poll_s)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()

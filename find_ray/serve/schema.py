@@ -1,0 +1,110 @@
+"""The HTTP API's request and response bodies (pydantic), and the application's arguments."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from find_ray.errors import FindRayError
+
+MAX_PROMPT_CHARS = 300
+MAX_IMAGES = 16
+MAX_BODY_BYTES = 16_384  # a request body is a few hundred bytes; anything larger is refused
+
+PolicyKind = Literal["trained", "amortized", "base"]
+
+
+class GenerateRequest(BaseModel):
+    """POST /generate. Unknown fields are refused; the sampler fields default to the run's."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    n: int = Field(1, ge=1, le=MAX_IMAGES, description="images to generate")
+    seed: int | None = Field(
+        None, ge=0, lt=2**31, description="image i uses seed + i (random when omitted)"
+    )
+    steps: int | None = Field(None, ge=1, le=200, description="sampler steps (run's default)")
+    guidance: float | None = Field(None, ge=0.0, le=30.0, description="CFG scale (run's default)")
+    policy: Literal["auto", "trained", "base"] = Field(
+        "auto", description="auto: trained for a trained prompt, else base"
+    )
+    format: Literal["png", "base64"] = Field(
+        "base64", description="png: one image/png grid; base64: JSON with each image"
+    )
+
+
+class GeneratedImage(BaseModel):
+    seed: int
+    policy: PolicyKind
+    denoiser_calls: int
+    reward: float | None = None  # the run's reward, when it is scored at serve time
+    metrics: dict[str, float] = {}  # the reward's extra per-image metrics (e.g. exact)
+    png_base64: str | None = None
+
+
+class GenerateResponse(BaseModel):
+    prompt: str
+    policy: PolicyKind
+    policy_version: int
+    steps: int
+    guidance: float
+    images: list[GeneratedImage]
+    seconds: float
+
+
+class PromptsResponse(BaseModel):
+    prompts: list[str]  # prompts with a trained (per-prompt) policy
+    policies: list[PolicyKind]  # the kinds this run can serve
+    policy_version: int
+    reward: str
+    steps: int
+    guidance: float
+
+
+class ServeArgs(BaseModel):
+    """The application's arguments (`find-ray serve` flags, or `args:` in a Serve config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_dir: str
+    num_replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    torch_threads: int = Field(0, ge=0, description="intra-op threads per replica (0: Ray's)")
+    max_batch_size: int = Field(8, ge=1, description="requests per pipeline call")
+    batch_wait_timeout_s: float = Field(0.02, ge=0)
+    score: bool | None = Field(None, description="score images with the run's reward (auto)")
+    policy_version: int = Field(-1, description="bumped to make replicas reload the policy")
+
+
+class RequestError(FindRayError):
+    """A refused request: HTTP status, a one-line message, the field it is about."""
+
+    def __init__(self, status: int, detail: str, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.field = status, detail, field
+
+
+def parse_generate(body: bytes) -> GenerateRequest:
+    """The request in a POST /generate body (JSON, whatever the content type says).
+
+    Raises RequestError: 413 for an oversized body, 400 for one that is not JSON, 422 for a
+    JSON value that is not a valid request (the message names the first bad field).
+    """
+    if len(body) > MAX_BODY_BYTES:
+        raise RequestError(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    try:
+        return GenerateRequest.model_validate_json(body)
+    except ValidationError as e:
+        first = e.errors()[0]
+    kind, loc = first["type"], ".".join(str(part) for part in first["loc"])
+    if kind == "json_invalid":
+        raise RequestError(400, f"body is not valid JSON ({first['ctx']['error']})")
+    if not loc:
+        raise RequestError(422, "body must be a JSON object with at least a 'prompt' field")
+    if kind == "extra_forbidden":
+        known = ", ".join(GenerateRequest.model_fields)
+        raise RequestError(422, f"unknown field '{loc}' (fields: {known})", loc)
+    raise RequestError(422, f"field '{loc}': {first['msg']}", loc)
