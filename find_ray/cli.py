@@ -104,6 +104,7 @@ def cmd_serve(args) -> None:
         num_cpus=args.num_cpus,
         num_gpus=args.num_gpus,
         max_batch_size=args.max_batch_size,
+        score=args.score,
     )
     poll_s = args.poll_s if args.follow else None
     serve_forever(serve_args, args.host, args.port, args.address, poll_s)
@@ -148,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per generator replica")
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per generator replica")
     p.add_argument("--max-batch-size", type=int, default=8, help="requests per pipeline call")
+    p.add_argument(
+        "--score",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="score images with the run's reward (default: only cheap rewards, e.g. shapes)",
+    )
     p.add_argument("--address", default="", help="Ray address (default: RAY_ADDRESS or local)")
     p.add_argument("--follow", action="store_true", help="load newer policies as training runs")
     p.add_argument("--poll-s", type=float, default=10.0, help="--follow: seconds between polls")

@@ -35,6 +35,9 @@ def ray_local():
     """One local Ray for the whole session (2 CPUs, no dashboard); yields its GCS address."""
     import ray
 
+    from find_ray.serve.launch import patient_serve_env
+
+    patient_serve_env()  # the Serve tests start an HTTP proxy on this Ray
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()

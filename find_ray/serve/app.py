@@ -110,9 +110,15 @@ class Ingress:
 
     def __init__(self, generator: DeploymentHandle) -> None:
         self.generator = generator
+        self.cached: RunInfo | None = None
 
-    async def info(self) -> RunInfo:
-        return await self.generator.describe.remote()
+    async def info(self, fresh: bool = True) -> RunInfo:
+        """The run's prompts, reward and sampler defaults; `fresh=False` reuses the last answer
+        (all but the policy version are fixed for a run, and /generate reports the version the
+        batch used)."""
+        if fresh or self.cached is None:
+            self.cached = await self.generator.describe.remote()
+        return self.cached
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page(self) -> str:
@@ -151,7 +157,7 @@ class Ingress:
         try:
             request = parse_generate(await raw.body())
             seed = secrets.randbelow(2**31 - 16) if request.seed is None else request.seed
-            info = await self.info()
+            info = await self.info(fresh=False)
             job = info.job(
                 request.prompt, request.n, seed, request.steps, request.guidance, request.policy
             )

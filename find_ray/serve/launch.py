@@ -7,6 +7,7 @@ it in place (a lightweight update, no restart, no request dropped).
 
 from __future__ import annotations
 
+import os
 import time
 
 from ray import serve
@@ -17,6 +18,15 @@ from find_ray.serve.app import build_app
 from find_ray.serve.schema import ServeArgs
 
 APP_NAME = "find-ray"
+# Serve's controller kills an HTTP proxy that is not ready within 3 checks of 5 s; on a busy
+# 2-core machine starting it takes longer. Applies to a Ray this process starts.
+PATIENT_SERVE_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60"}
+
+
+def patient_serve_env() -> None:
+    """Sets PATIENT_SERVE_ENV (unless already set) for a local Ray started after this call."""
+    for key, value in PATIENT_SERVE_ENV.items():
+        os.environ.setdefault(key, value)
 
 
 def deploy(
@@ -30,6 +40,7 @@ def deploy(
 
     args = args.model_copy(update={"policy_version": newest_policy_version(args.run_dir)})
     app = build_app(args)  # checks the run folder before touching Ray
+    patient_serve_env()
     connect(RayConfig(address=address))
     # Serve's default HTTP host has differed between its docs and its code: always pass it.
     serve.start(http_options={"host": host, "port": port})
