@@ -149,6 +149,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     import os
 
+    import httpx
     from ray import serve
 
     from find_ray.serve.launch import deploy
@@ -169,8 +170,6 @@ def main() -> None:
     for mode, batch in (("on", args.batch), ("off", 1)):
         serve_args = ServeArgs(run_dir=run_dir, max_batch_size=batch, torch_threads=1)
         url, _ = deploy(serve_args, port=args.port)
-        import httpx
-
         info = httpx.get(f"{url}prompts", timeout=60).json()
         body = {"prompt": info["prompts"][0], "n": 1}
         for clients in CLIENTS:

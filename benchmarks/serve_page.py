@@ -31,7 +31,7 @@ def try_page(url: str, prompt: str, screenshot: Path, n: int = 8, seed: int = 0)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
         try:
-            page = browser.new_page(viewport={"width": 1180, "height": 760})
+            page = browser.new_page(viewport={"width": 1290, "height": 600})
             page.goto(url)
             page.wait_for_function("document.getElementById('trained').options.length > 0")
             page.fill("#prompt", prompt)

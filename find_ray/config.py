@@ -48,7 +48,11 @@ class ModelConfig:
 @dataclass
 class RewardConfig:
     name: str = "shapes"  # a name in find_ray.rewards.REWARDS
-    weights_path: str = ""  # local weights for learned scorers
+    weights_path: str = ""  # learned scorers: local file/folder ("": the usual hub name, online)
+    model: str = ""  # learned scorers: architecture override, e.g. open_clip "ViT-B-32"
+    device: str = "cpu"  # where a learned scorer runs (the reward actors' device)
+    dtype: str = "float32"
+    batch_size: int = 16  # images per forward pass of a learned scorer
     fault: str = ""  # chaos testing: "" | nan | raise (see rewards.inject_faults)
     fault_rate: float = 0.0
     fault_seed: int = 0
@@ -56,6 +60,9 @@ class RewardConfig:
     def __post_init__(self) -> None:
         _require(self.fault in ("", "nan", "raise"), "reward.fault", "one of '', nan, raise")
         _require(0 <= self.fault_rate <= 1, "reward.fault_rate", "must be in [0, 1]")
+        _require(self.batch_size >= 1, "reward.batch_size", "must be >= 1")
+        dtypes = ("float32", "float16", "bfloat16")
+        _require(self.dtype in dtypes, "reward.dtype", f"one of {dtypes}, got {self.dtype!r}")
 
 
 @dataclass

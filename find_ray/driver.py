@@ -52,7 +52,7 @@ from find_ray.errors import FindRayError
 from find_ray.evaluate import suite_grid
 from find_ray.images import stack
 from find_ray.ledger import RolloutLedger
-from find_ray.rewards import make_reward
+from find_ray.rewards import check_reward
 from find_ray.train import TrainResult, reward_metrics, train_prompts, write_find_report
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class RayTrainer:
         self.prompts = train_prompts(cfg)  # bad prompts fail here, before any actor starts
         if cfg.model.backend == "pipeline":
             resolve_model_path(cfg.model.path)  # so does a missing model folder
-        make_reward(cfg.reward)  # and an unknown reward
+        check_reward(cfg.reward)  # and an unknown reward or missing weights
         self.out = Path(cfg.train.out_dir)
         self.resume = resume
         self.per_update = len(self.prompts) * cfg.train.samples_per_prompt

@@ -1,7 +1,12 @@
 """Reward registry: `make_reward(cfg)` returns fn(images, prompts) -> (scores, info).
 
-images are (B, 3, H, W) floats in [0, 1]; scores a (B,) float tensor; info a dict of (B,)
+images are (B, 3, H, W) floats in [0, 1], or videos (B, F, 3, H, W): an image reward scores
+each frame and averages (`frame_averaged`); scores a (B,) float tensor; info a dict of (B,)
 tensors with extra per-image metrics. The trainer never knows which reward it runs.
+
+A reward may also register a differentiable form (images in, (B,) scores out, gradients flow
+to the images; for the gradient-based peers) and a `check` that validates its weights before
+any actor starts, without loading them.
 """
 
 from __future__ import annotations
@@ -16,25 +21,76 @@ from find_ray.config import RewardConfig
 from find_ray.errors import ConfigError
 
 RewardFn = Callable[[torch.Tensor, list[str]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+DifferentiableRewardFn = Callable[[torch.Tensor, list[str]], torch.Tensor]
 REWARDS: dict[str, Callable[[RewardConfig], RewardFn]] = {}
+DIFFERENTIABLE: dict[str, Callable[[RewardConfig], DifferentiableRewardFn]] = {}
+CHECKS: dict[str, Callable[[RewardConfig], None]] = {}
 
 
-def register(name: str):
+def register(name: str, check: Callable[[RewardConfig], None] | None = None):
+    """Registers a reward factory under `name`; `check(cfg)` validates its weights cheaply."""
+
     def wrap(factory: Callable[[RewardConfig], RewardFn]):
         REWARDS[name] = factory
+        if check is not None:
+            CHECKS[name] = check
         return factory
 
     return wrap
 
 
-def make_reward(cfg: RewardConfig) -> RewardFn:
+def register_differentiable(name: str):
+    """Registers the differentiable form of reward `name`."""
+
+    def wrap(factory: Callable[[RewardConfig], DifferentiableRewardFn]):
+        DIFFERENTIABLE[name] = factory
+        return factory
+
+    return wrap
+
+
+def _known(cfg: RewardConfig) -> None:
     if cfg.name not in REWARDS:
         raise ConfigError(
             f"config key 'reward.name': unknown reward {cfg.name!r}; "
             f"known: {', '.join(sorted(REWARDS))}"
         )
-    reward = REWARDS[cfg.name](cfg)
+
+
+def check_reward(cfg: RewardConfig) -> None:
+    """Raises a one-line error for an unknown reward or missing weights; loads nothing."""
+    _known(cfg)
+    if cfg.name in CHECKS:
+        CHECKS[cfg.name](cfg)
+
+
+def make_reward(cfg: RewardConfig) -> RewardFn:
+    _known(cfg)
+    reward = frame_averaged(REWARDS[cfg.name](cfg))
     return inject_faults(reward, cfg.fault, cfg.fault_rate, cfg.fault_seed) if cfg.fault else reward
+
+
+def make_differentiable_reward(cfg: RewardConfig) -> DifferentiableRewardFn:
+    _known(cfg)
+    if cfg.name not in DIFFERENTIABLE:
+        raise ConfigError(
+            f"config key 'reward.name': reward {cfg.name!r} has no differentiable form; "
+            f"these do: {', '.join(sorted(DIFFERENTIABLE))}"
+        )
+    return DIFFERENTIABLE[cfg.name](cfg)
+
+
+def frame_averaged(reward: RewardFn) -> RewardFn:
+    """Scores videos (B, F, 3, H, W) frame by frame and averages; images pass through."""
+
+    def score(images: torch.Tensor, prompts: list[str]):
+        if images.dim() != 5:
+            return reward(images, prompts)
+        b, f = images.shape[:2]
+        scores, info = reward(images.flatten(0, 1), [p for p in prompts for _ in range(f)])
+        return scores.view(b, f).mean(1), {k: v.view(b, f).mean(1) for k, v in info.items()}
+
+    return score
 
 
 def inject_faults(reward: RewardFn, fault: str, rate: float, seed: int) -> RewardFn:
