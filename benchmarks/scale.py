@@ -58,12 +58,15 @@ def measure(actors: int, latency: float, per_task: int, iterations: int, out: Pa
     history = RayTrainer(cfg).run().history
     warm, last = history[WARMUP_UPDATES - 1], history[-1]
     seconds = last["elapsed_s"] - warm["elapsed_s"]
+    calls = (last["rollouts_finished"] - warm["rollouts_finished"]) / per_task
     return {
         "actors": actors,
         "rollouts_per_s": (last["rollouts_finished"] - warm["rollouts_finished"]) / seconds,
         "learner_utilisation": last["learner_utilisation"],
         "policy_lag_mean": float(np.mean([h["policy_lag_mean"] for h in history[WARMUP_UPDATES:]])),
         "weights_bytes": int(last["weights_bytes"]),
+        "driver_cpu_ms_per_call": 1000 * (last["driver_cpu_s"] - warm["driver_cpu_s"]) / calls,
+        "driver_cpu_share": (last["driver_cpu_s"] - warm["driver_cpu_s"]) / seconds,
         "measured_s": round(seconds, 1),
         "run_s": round(time.monotonic() - began, 1),
     }
@@ -102,13 +105,14 @@ def write_results(rows: list[dict], settings: dict, out: Path) -> None:
         f"(first {WARMUP_UPDATES} are warm-up), 1 reward actor, 1 learner.",
         "",
         "| rollout actors | rollouts/s | ideal | % of ideal | learner utilisation "
-        "| mean policy lag | bytes per broadcast |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| mean policy lag | driver CPU ms per call | driver CPU share | bytes per broadcast |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
         f"| {r['actors']} | {r['rollouts_per_s']:.1f} | {r['ideal']:.1f} | "
         f"{100 * r['efficiency']:.1f} | {r['learner_utilisation']:.3f} | "
-        f"{r['policy_lag_mean']:.2f} | {r['weights_bytes']:,} |"
+        f"{r['policy_lag_mean']:.2f} | {r['driver_cpu_ms_per_call']:.2f} | "
+        f"{r['driver_cpu_share']:.2f} | {r['weights_bytes']:,} |"
         for r in rows
     ]
     (out / "scale.md").write_text("\n".join(lines) + "\n")

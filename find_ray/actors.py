@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,7 @@ from torch import Tensor
 
 from find_ray.backends import make_backend
 from find_ray.config import EvalConfig, FindRayConfig, ModelConfig, RewardConfig
-from find_ray.evaluate import PromptResult, evaluate_policy
+from find_ray.evaluate import EvalJob, policy_transform, sample_eval_batch, score_eval_batch
 from find_ray.images import image_grid, to_uint8
 from find_ray.learner import Learner, LearnerConfig
 from find_ray.policy import GaussianNoisePolicy, Reduction
@@ -65,15 +65,18 @@ class RolloutActor:
         rollouts, images = self.worker.rollout(prompt_ids, rollout_ids)
         return self.worker.version, rollouts, images
 
-    def evaluate(
-        self, reward: RewardConfig, cfg: EvalConfig, weights: dict[str, Tensor] | None
-    ) -> list[PromptResult]:
-        """The eval suite under the base policy (weights None) or under trained weights."""
-        policy = None
+    def eval_images(
+        self, cfg: EvalConfig, weights: dict[str, Tensor] | None, n: int, batch: list[EvalJob]
+    ) -> Tensor:
+        """Images of eval batch `n` under the base policy (weights None) or trained weights;
+        the reward actors score them (a reward model never loads in a rollout actor)."""
+        transform = None
         if weights is not None:
             policy = GaussianNoisePolicy(len(self.prompts), self.backend.latent_shape)
             policy.load_state_dict(weights)
-        return evaluate_policy(self.backend, make_reward(reward), self.prompts, cfg, policy)
+            transform = policy_transform(policy)
+        k, seed, size = cfg.samples_per_prompt, cfg.seed, cfg.batch_size
+        return sample_eval_batch(self.backend, self.prompts, batch, n, k, seed, size, transform)
 
 
 @dataclass
@@ -82,7 +85,7 @@ class ScoreSummary:
 
     kept: list[tuple[int, int, float]]  # (rollout id, prompt id, reward)
     dropped: dict[str, list[int]]  # reason -> rollout ids
-    grid: np.ndarray | None = None  # a thumbnail of the batch, labelled with rewards, on request
+    grids: dict[int, np.ndarray] = field(default_factory=dict)  # prompt -> labelled thumbnail
 
 
 class RewardActor:
@@ -96,21 +99,32 @@ class RewardActor:
         return os.getpid()
 
     def score(
-        self, rollouts: list[Rollout], images: Tensor, grid: bool = False
+        self, grid_prompts: list[int], *batches: list[Rollout] | Tensor
     ) -> tuple[ScoreSummary, list[Rollout]]:
+        """Scores rollout batches passed as refs (rollouts_1, images_1, rollouts_2, ...) in one
+        call, and draws a thumbnail of each prompt in `grid_prompts` from its kept rollouts."""
+        rollouts = [r for part in batches[0::2] for r in part]
+        images = torch.cat(batches[1::2])
         kept, dropped = score_rollouts(self.reward, rollouts, images, self.prompts)
         summary = ScoreSummary([(r.rollout_id, r.prompt_id, r.reward) for r in kept], dropped)
-        if grid and kept:
-            rewards, prompt = {r.rollout_id: r.reward for r in kept}, kept[0].prompt_id
+        rewards = {r.rollout_id: r.reward for r in kept}
+        for prompt in grid_prompts:
             shown = [
                 n
                 for n, r in enumerate(rollouts)
                 if r.rollout_id in rewards and r.prompt_id == prompt
             ][:GRID_IMAGES]
-            labels = [f"{rewards[rollouts[n].rollout_id]:.2f}" for n in shown]
-            title = self.prompts[prompt]
-            summary.grid = np.asarray(image_grid(to_uint8(images[shown]), labels, title=title))
+            if shown:
+                labels = [f"{rewards[rollouts[n].rollout_id]:.2f}" for n in shown]
+                grid = image_grid(to_uint8(images[shown]), labels, title=self.prompts[prompt])
+                summary.grids[prompt] = np.asarray(grid)
         return summary, kept
+
+    def score_eval(
+        self, images: Tensor, prompts: list[str], rows: list[int]
+    ) -> tuple[Tensor, dict[str, Tensor], np.ndarray]:
+        """An eval batch's scores and the uint8 thumbnails of its grid rows."""
+        return score_eval_batch(self.reward, images, prompts, rows)
 
 
 class LearnerActor:
@@ -128,9 +142,11 @@ class LearnerActor:
         self.learner = Learner(cfg, latent_shape, embeddings, seed)
         self.busy_s = 0.0  # time spent in add/update: learner utilisation = busy / wall
 
-    def add(self, rollouts: list[Rollout]) -> dict[str, Any]:
-        """Stores rollouts; returns the stale ids and the policy lag of each rollout."""
+    def add(self, *batches: list[Rollout]) -> dict[str, Any]:
+        """Stores batches of rollouts (refs resolved by Ray); returns the stale ids and the
+        policy lag of each rollout."""
         began = time.perf_counter()
+        rollouts = [r for batch in batches for r in batch]
         version = self.learner.version
         stale = self.learner.add(rollouts)
         self.busy_s += time.perf_counter() - began

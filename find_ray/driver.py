@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +49,7 @@ from find_ray.backends import resolve_model_path
 from find_ray.checkpoint import load_checkpoint, policy_from_state, save_checkpoint
 from find_ray.config import FindRayConfig, RayConfig, load_config, to_yaml
 from find_ray.errors import FindRayError
-from find_ray.evaluate import suite_grid
+from find_ray.evaluate import EvalCollector, PromptResult, eval_batches, grid_rows, suite_grid
 from find_ray.images import stack
 from find_ray.ledger import RolloutLedger
 from find_ray.rewards import check_reward
@@ -96,8 +96,9 @@ class Flight:
     kind: str  # rollout | reward | add | update
     ids: list[int] = field(default_factory=list)
     actor: int = -1
-    refs: tuple = ()  # rollout: (rollouts, images); reward: (rollouts, images, kept)
+    refs: tuple = ()  # rollout: (rollouts, images); reward: (kept,)
     attempts: int = 0
+    parts: list = field(default_factory=list)  # reward: the queued batches it scores
 
 
 class RayTrainer:
@@ -129,6 +130,7 @@ class RayTrainer:
         self.last_reward = float("nan")
         self.after_update: Callable[[RayTrainer], None] | None = None  # test hook
         self.reward_queue: deque[tuple[list[int], tuple, int]] = deque()  # (ids, refs, attempts)
+        self.loads = {"rollout": Counter(), "reward": Counter()}  # calls in flight per actor
         self.grids_due: set[int] = set(range(len(self.prompts)))  # prompts to show next
         r = cfg.ray
         self.health = {  # an actor that died more than max_restarts times is retired
@@ -181,13 +183,24 @@ class RayTrainer:
                     raise RuntimeError("the driver has nothing in flight and nothing to submit")
                 time.sleep(0.1)  # work waits for an actor that is restarting
                 continue
-            ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=1.0, fetch_local=False)
-            for ref in ready:
+            for ref in self._ready():
                 self._handle(ref, self.pending.pop(ref))
+            if not self.cfg.ray.sync:
+                self._flush_adds()  # one learner call for all rollouts scored since the last
         self.bar.close()
         self.train_seconds = self.elapsed()
 
+    def _ready(self) -> list[ray.ObjectRef]:
+        """Every finished call (one loop pass handles them all), waiting up to 1 s for one."""
+        refs = list(self.pending)
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+        if not ready:
+            ready, _ = ray.wait(refs, num_returns=1, timeout=1.0, fetch_local=False)
+        return ready
+
     def _handle(self, ref: ray.ObjectRef, flight: Flight) -> None:
+        if flight.kind in self.loads:
+            self.loads[flight.kind][flight.actor] -= 1
         {
             "rollout": self._on_rollout,
             "reward": self._on_reward,
@@ -212,14 +225,11 @@ class RayTrainer:
             self.next_slot += 1
         return out
 
-    def _load(self, kind: str, actor: int) -> int:
-        return sum(f.kind == kind and f.actor == actor for f in self.pending.values())
-
     def _submit_rollouts(self) -> None:
         r = self.cfg.ray
         available = self.health["rollout"].available()
         loads = [
-            self._load("rollout", i) if i in available else math.inf
+            self.loads["rollout"][i] if i in available else math.inf
             for i in range(r.num_rollout_actors)
         ]
         while min(loads) < r.max_in_flight_per_actor:
@@ -234,6 +244,7 @@ class RayTrainer:
                 .remote(prompts, ids, *self.weights)
             )
             self.pending[version_ref] = Flight("rollout", ids, i, (rollouts_ref, images_ref))
+            self.loads["rollout"][i] += 1
             loads[i] += 1
 
     def _on_rollout(self, ref: ray.ObjectRef, flight: Flight) -> None:
@@ -256,24 +267,36 @@ class RayTrainer:
 
     # -- rewards --------------------------------------------------------------------------
     def _submit_rewards(self) -> None:
-        """Queued batches to the least busy available reward actors (a retry prefers another)."""
-        while self.reward_queue:
-            available = self.health["reward"].available()
-            if not available:
-                return  # they are restarting: the batches wait
-            ids, (rollouts_ref, images_ref), attempts = self.reward_queue.popleft()
-            available.sort(key=lambda j: self._load("reward", j))
-            j = available[attempts % len(available)]
-            prompt = self.ledger.in_flight[ids[0]]
-            grid = prompt in self.grids_due  # a thumbnail of this prompt's rollouts is due
-            self.grids_due.discard(prompt)
-            summary_ref, kept_ref = (
-                self.actors.reward[j]
-                .score.options(num_returns=2)
-                .remote(rollouts_ref, images_ref, grid)
-            )
-            refs = (rollouts_ref, images_ref, kept_ref)
-            self.pending[summary_ref] = Flight("reward", ids, j, refs, attempts)
+        """Queued batches to the reward actors, least busy first. Everything queued now is
+        split over the available actors, one call each; a retry goes alone, to another actor."""
+        available = self.health["reward"].available()
+        if not available or not self.reward_queue:
+            return  # none queued, or they are restarting: the batches wait
+        available.sort(key=lambda j: self.loads["reward"][j])
+        queued = list(self.reward_queue)
+        self.reward_queue.clear()
+        fresh = [entry for entry in queued if entry[2] == 0]
+        for entry in queued:
+            if entry[2] > 0:
+                self._send_reward(available[entry[2] % len(available)], [entry])
+        share = -(-len(fresh) // len(available))
+        for n, j in enumerate(available):
+            if fresh[n * share : (n + 1) * share]:
+                self._send_reward(j, fresh[n * share : (n + 1) * share])
+
+    def _send_reward(self, j: int, parts: list[tuple[list[int], tuple, int]]) -> None:
+        """One reward call over several rollout batches (their refs resolved by Ray)."""
+        prompts = {self.ledger.in_flight[ids[0]] for ids, _, _ in parts}
+        grids = sorted(prompts & self.grids_due)  # thumbnails of these prompts are due
+        self.grids_due -= set(grids)
+        refs = [ref for _, batch_refs, _ in parts for ref in batch_refs]
+        summary_ref, kept_ref = (
+            self.actors.reward[j].score.options(num_returns=2).remote(grids, *refs)
+        )
+        ids = [rid for batch_ids, _, _ in parts for rid in batch_ids]
+        attempts = max(attempts for _, _, attempts in parts)
+        self.pending[summary_ref] = Flight("reward", ids, j, (kept_ref,), attempts, parts)
+        self.loads["reward"][j] += 1
 
     def _on_reward(self, ref: ray.ObjectRef, flight: Flight) -> None:
         try:
@@ -283,19 +306,17 @@ class RayTrainer:
             self.requeued.extend(self.ledger.drop(flight.ids, "actor_died"))
             return
         except (*LOST, RayTaskError) as e:
-            log.warning("reward actor %d failed, resubmitting its batch: %s", flight.actor, e)
+            log.warning("reward actor %d failed, resubmitting its batches: %s", flight.actor, e)
             attempts = flight.attempts + self._actor_failed("reward", flight.actor, e)
-            if attempts > self.cfg.ray.max_restarts:
-                self.requeued.extend(self.ledger.drop(flight.ids, "actor_died"))
-            else:
-                self.reward_queue.append((flight.ids, flight.refs[:2], attempts))
+            for ids, refs, _ in flight.parts:
+                if attempts > self.cfg.ray.max_restarts:
+                    self.requeued.extend(self.ledger.drop(ids, "actor_died"))
+                else:
+                    self.reward_queue.append((ids, refs, attempts))
             return
         self.health["reward"].ok(flight.actor)
-        if summary.grid is not None:
-            prompt = summary.kept[0][1]
-            self.writer.add_image(
-                f"rollouts/p{prompt:02d}", summary.grid, self.version, dataformats="HWC"
-            )
+        for prompt, grid in summary.grids.items():
+            self.writer.add_image(f"rollouts/p{prompt:02d}", grid, self.version, dataformats="HWC")
         for reason, ids in summary.dropped.items():
             self.ledger.drop(ids, reason)
         self.finished += len(flight.ids)
@@ -303,15 +324,19 @@ class RayTrainer:
         self.window["rewards"] += [reward for _, _, reward in summary.kept]
         self.window["prompts"] += [pid for _, pid, _ in summary.kept]
         if kept_ids:
-            self.held_adds.append((kept_ids[0], flight.refs[2], kept_ids))
-            if not self.cfg.ray.sync:
-                self._flush_adds()
+            self.held_adds.append((kept_ids[0], flight.refs[0], kept_ids))
 
     # -- learner --------------------------------------------------------------------------
     def _flush_adds(self) -> None:
-        """Sends held rollouts to the learner in id order (sync mode: as the in-process loop)."""
-        for _, kept_ref, ids in sorted(self.held_adds, key=lambda held: held[0]):
-            self.pending[self.actors.learner.add.remote(kept_ref)] = Flight("add", ids)
+        """Sends held rollouts to the learner in one call, in id order (sync mode: as the
+        in-process loop adds them)."""
+        if not self.held_adds:
+            return
+        held = sorted(self.held_adds, key=lambda entry: entry[0])
+        ids = [rid for _, _, batch_ids in held for rid in batch_ids]
+        self.pending[self.actors.learner.add.remote(*[kept for _, kept, _ in held])] = Flight(
+            "add", ids
+        )
         self.held_adds.clear()
 
     def _on_add(self, ref: ray.ObjectRef, flight: Flight) -> None:
@@ -372,6 +397,7 @@ class RayTrainer:
         )
         metrics["weights_bytes"] = float(self.weights_bytes)
         metrics["elapsed_s"] = self.elapsed()
+        metrics["driver_cpu_s"] = time.process_time()  # this process, all its threads
         metrics["rollouts_finished"] = float(self.finished)
         totals = self.ledger.totals()
         for key, value in totals.items():
@@ -393,6 +419,8 @@ class RayTrainer:
 
     def checkpoint(self) -> None:
         """Learner state + ledger, consistent: every add sent to the learner is answered first."""
+        if not self.cfg.ray.sync:
+            self._flush_adds()
         for ref in [ref for ref, f in self.pending.items() if f.kind == "add"]:
             self._handle(ref, self.pending.pop(ref))
         state = ray.get(self.actors.learner.state_dict.remote())
@@ -438,30 +466,45 @@ class RayTrainer:
         self.writer.close()
         return TrainResult(self.out, report, self.history, gains)
 
-    def _evaluate(self, policies: list[dict | None]) -> list[list]:
-        """Each policy's eval suite on its own live rollout actor; a lost one is sent again."""
-        live = [
-            a for i, a in enumerate(self.actors.rollout) if i not in self.health["rollout"].retired
+    def _evaluate(self, policies: list[dict | None]) -> list[list[PromptResult]]:
+        """Each policy's eval suite: rollout actors sample the batches, reward actors score
+        them, at most two batches per rollout actor in flight; a lost batch is sent again."""
+        cfg, live = self.cfg.eval, self._live_actors()
+        batches = eval_batches(len(self.prompts), cfg.samples_per_prompt, cfg.batch_size)
+        collectors = [
+            EvalCollector(self.prompts, cfg.samples_per_prompt, cfg.grid_samples) for _ in policies
         ]
+        todo = deque((k, n, 0) for k in range(len(policies)) for n in range(len(batches)))
+        flying: dict[ray.ObjectRef, tuple[int, int, int]] = {}
+        bar = tqdm(total=len(todo), desc="eval (ray)", unit="batch")
+        while todo or flying:
+            while todo and len(flying) < 2 * len(live["rollout"]):
+                k, n, attempt = job = todo.popleft()
+                rollout = live["rollout"][(n + attempt) % len(live["rollout"])]
+                reward = live["reward"][(n + attempt) % len(live["reward"])]
+                images = rollout.eval_images.remote(cfg, policies[k], n, batches[n])
+                prompts = [self.prompts[i] for i, _ in batches[n]]
+                rows = grid_rows(batches[n], cfg.grid_samples)
+                flying[reward.score_eval.remote(images, prompts, rows)] = job
+            ready, _ = ray.wait(list(flying), num_returns=1)
+            k, n, attempt = flying.pop(ready[0])
+            try:
+                collectors[k].add(batches[n], *ray.get(ready[0]))
+                bar.update()
+            except (*LOST, RayTaskError) as e:
+                if attempt >= self.cfg.ray.max_restarts:
+                    raise FindRayError(f"evaluation failed: actors kept dying ({e})") from e
+                log.warning("an eval batch lost its actor, sending it again: %s", e)
+                time.sleep(self.health["rollout"].cooldown_s)  # let Ray restart it
+                todo.append((k, n, attempt + 1))
+        bar.close()
+        return [c.results() for c in collectors]
 
-        def submit(k: int, attempt: int) -> ray.ObjectRef:
-            actor = live[(k + attempt) % len(live)]
-            return actor.evaluate.remote(self.cfg.reward, self.cfg.eval, policies[k])
-
-        refs = {k: submit(k, 0) for k in range(len(policies))}
-        results: dict[int, list] = {}
-        for attempt in range(1, self.cfg.ray.max_restarts + 2):
-            for k, ref in list(refs.items()):
-                try:
-                    results[k] = ray.get(ref)
-                    del refs[k]
-                except LOST as e:
-                    log.warning("evaluation lost its actor, sending it again: %s", e)
-                    time.sleep(self.health["rollout"].cooldown_s)  # let Ray restart it
-                    refs[k] = submit(k, attempt)
-            if not refs:
-                return [results[k] for k in range(len(policies))]
-        raise FindRayError("evaluation failed: the rollout actors kept dying")
+    def _live_actors(self) -> dict[str, list]:
+        return {
+            kind: [a for i, a in enumerate(pool) if i not in self.health[kind].retired]
+            for kind, pool in (("rollout", self.actors.rollout), ("reward", self.actors.reward))
+        }
 
     def _stop_actors(self) -> None:
         if self.actors is None:

@@ -48,6 +48,81 @@ class PromptResult:
         }
 
 
+EvalJob = tuple[int, int]  # (prompt index, sample index)
+
+
+def eval_batches(num_prompts: int, k: int, batch_size: int) -> list[list[EvalJob]]:
+    """The eval plan: k samples per prompt, batched across prompts in a fixed order."""
+    jobs = [(i, j) for i in range(num_prompts) for j in range(k)]
+    return [jobs[start : start + batch_size] for start in range(0, len(jobs), batch_size)]
+
+
+def sample_eval_batch(
+    backend: Backend,
+    prompts: list[str],
+    batch: list[EvalJob],
+    n: int,
+    k: int,
+    seed: int,
+    batch_size: int,
+    transform: NoiseTransform | None = None,
+) -> torch.Tensor:
+    """Images of batch `n` of the plan, from its fixed eval noise (optionally transformed)."""
+    noise = {}
+    for i in sorted({i for i, _ in batch}):
+        eps = eval_noise(backend.latent_shape, i, k, seed)
+        noise[i] = transform(i, eps) if transform is not None else eps
+    z = torch.stack([noise[i][j] for i, j in batch])
+    return backend.generate(z, [prompts[i] for i, _ in batch], seed=seed + n * batch_size)
+
+
+def grid_rows(batch: list[EvalJob], grid_samples: int) -> list[int]:
+    """Rows of a batch whose images go into the grids: each prompt's first samples."""
+    return [row for row, (_, j) in enumerate(batch) if j < grid_samples]
+
+
+class EvalCollector:
+    """Gathers scored eval batches (in any order) into one PromptResult per prompt."""
+
+    def __init__(self, prompts: list[str], k: int, grid_samples: int) -> None:
+        self.prompts, self.grid_samples = prompts, grid_samples
+        self.scores = np.zeros((len(prompts), k))
+        self.exact = np.zeros((len(prompts), k))
+        self.colours = np.zeros((len(prompts), k))
+        self.images: dict[EvalJob, np.ndarray] = {}
+
+    def add(
+        self, batch: list[EvalJob], scores: torch.Tensor, info: dict, thumbnails: np.ndarray
+    ) -> None:
+        """`thumbnails`: uint8 images of the batch's `grid_rows`, in that order."""
+        for n, (i, j) in enumerate(batch):
+            self.scores[i, j] = float(scores[n])
+            self.exact[i, j] = float(info["exact"][n])
+            self.colours[i, j] = float(info["colours_present"][n])
+        for row, image in zip(grid_rows(batch, self.grid_samples), thumbnails, strict=True):
+            self.images[batch[row]] = image
+
+    def results(self) -> list[PromptResult]:
+        return [
+            PromptResult(
+                prompt,
+                self.scores[i],
+                self.exact[i],
+                self.colours[i],
+                [self.images[i, j] for j in range(self.grid_samples) if (i, j) in self.images],
+            )
+            for i, prompt in enumerate(self.prompts)
+        ]
+
+
+def score_eval_batch(
+    reward: RewardFn, images: torch.Tensor, prompts: list[str], rows: list[int]
+) -> tuple[torch.Tensor, dict, np.ndarray]:
+    """The reward of an eval batch and the uint8 thumbnails of `rows` (see grid_rows)."""
+    scores, info = reward(images, prompts)
+    return scores, info, to_uint8(images[rows])
+
+
 def evaluate(
     backend: Backend,
     reward: RewardFn,
@@ -59,30 +134,15 @@ def evaluate(
     transform: NoiseTransform | None = None,
 ) -> list[PromptResult]:
     """Samples k images per prompt (batched across prompts) and scores them."""
-    jobs = [(i, j) for i in range(len(prompts)) for j in range(k)]
-    noise = {i: eval_noise(backend.latent_shape, i, k, seed) for i in range(len(prompts))}
-    if transform is not None:
-        noise = {i: transform(i, eps) for i, eps in noise.items()}
-    per_prompt = [dict(scores=[], exact=[], colours=[], images=[]) for _ in prompts]
-    for start in tqdm(range(0, len(jobs), batch_size), desc="eval", unit="batch"):
-        batch = jobs[start : start + batch_size]
-        z = torch.stack([noise[i][j] for i, j in batch])
+    collector = EvalCollector(prompts, k, grid_samples)
+    batches = eval_batches(len(prompts), k, batch_size)
+    for n, batch in enumerate(tqdm(batches, desc="eval", unit="batch")):
+        images = sample_eval_batch(backend, prompts, batch, n, k, seed, batch_size, transform)
         batch_prompts = [prompts[i] for i, _ in batch]
-        images = backend.generate(z, batch_prompts, seed=seed + start)
-        scores, info = reward(images, batch_prompts)
-        for n, ((i, _), image) in enumerate(zip(batch, to_uint8(images), strict=True)):
-            out = per_prompt[i]
-            out["scores"].append(float(scores[n]))
-            out["exact"].append(float(info["exact"][n]))
-            out["colours"].append(float(info["colours_present"][n]))
-            if len(out["images"]) < grid_samples:
-                out["images"].append(image)
-    return [
-        PromptResult(
-            p, np.array(r["scores"]), np.array(r["exact"]), np.array(r["colours"]), r["images"]
+        collector.add(
+            batch, *score_eval_batch(reward, images, batch_prompts, grid_rows(batch, grid_samples))
         )
-        for p, r in zip(prompts, per_prompt, strict=True)
-    ]
+    return collector.results()
 
 
 def policy_transform(policy: GaussianNoisePolicy) -> NoiseTransform:
