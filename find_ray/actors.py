@@ -6,6 +6,7 @@ resources the `ray:` config section asks for. No algorithm lives in this module.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,10 @@ from find_ray.learner import Learner, LearnerConfig
 from find_ray.policy import GaussianNoisePolicy, Reduction
 from find_ray.rewards import make_reward
 from find_ray.rollout import RolloutWorker, score_rollouts
-from find_ray.store import Rollout
+from find_ray.store import PackedRollouts, pack_rollouts, unpack_rollouts
+
+log = logging.getLogger(__name__)
+STARTUP_TIMEOUT_S = 600.0
 
 # Weights travel as (version, [ObjectRef]): the list keeps Ray from resolving the ref, so an
 # actor fetches the weights only when the version is new to it (one ray.put per version).
@@ -58,12 +62,16 @@ class RolloutActor:
 
     def rollout(
         self, prompt_ids: list[int], rollout_ids: list[int], version: int, weights: WeightsBox
-    ) -> tuple[int, list[Rollout], Tensor]:
-        """(version used, unscored rollouts, images); the driver only ever reads the version."""
+    ) -> tuple[int, PackedRollouts, np.ndarray]:
+        """(version used, unscored rollouts, images as numpy); the driver reads the version."""
         if version != self.worker.version:
             self.worker.set_weights(ray.get(weights[0]), version)
         rollouts, images = self.worker.rollout(prompt_ids, rollout_ids)
-        return self.worker.version, rollouts, images
+        return (
+            self.worker.version,
+            pack_rollouts(rollouts, self.backend.latent_shape),
+            images.numpy(),
+        )
 
     def eval_images(
         self, cfg: EvalConfig, weights: dict[str, Tensor] | None, n: int, batch: list[EvalJob]
@@ -99,12 +107,12 @@ class RewardActor:
         return os.getpid()
 
     def score(
-        self, grid_prompts: list[int], *batches: list[Rollout] | Tensor
-    ) -> tuple[ScoreSummary, list[Rollout]]:
+        self, grid_prompts: list[int], *batches: PackedRollouts | np.ndarray
+    ) -> tuple[ScoreSummary, PackedRollouts]:
         """Scores rollout batches passed as refs (rollouts_1, images_1, rollouts_2, ...) in one
         call, and draws a thumbnail of each prompt in `grid_prompts` from its kept rollouts."""
-        rollouts = [r for part in batches[0::2] for r in part]
-        images = torch.cat(batches[1::2])
+        rollouts = [r for part in batches[0::2] for r in unpack_rollouts(part)]
+        images = torch.from_numpy(np.concatenate(batches[1::2]))
         kept, dropped = score_rollouts(self.reward, rollouts, images, self.prompts)
         summary = ScoreSummary([(r.rollout_id, r.prompt_id, r.reward) for r in kept], dropped)
         rewards = {r.rollout_id: r.reward for r in kept}
@@ -118,7 +126,7 @@ class RewardActor:
                 labels = [f"{rewards[rollouts[n].rollout_id]:.2f}" for n in shown]
                 grid = image_grid(to_uint8(images[shown]), labels, title=self.prompts[prompt])
                 summary.grids[prompt] = np.asarray(grid)
-        return summary, kept
+        return summary, pack_rollouts(kept, batches[0].z.shape[1:])
 
     def score_eval(
         self, images: Tensor, prompts: list[str], rows: list[int]
@@ -142,11 +150,11 @@ class LearnerActor:
         self.learner = Learner(cfg, latent_shape, embeddings, seed)
         self.busy_s = 0.0  # time spent in add/update: learner utilisation = busy / wall
 
-    def add(self, *batches: list[Rollout]) -> dict[str, Any]:
+    def add(self, *batches: PackedRollouts) -> dict[str, Any]:
         """Stores batches of rollouts (refs resolved by Ray); returns the stale ids and the
         policy lag of each rollout."""
         began = time.perf_counter()
-        rollouts = [r for batch in batches for r in batch]
+        rollouts = [r for batch in batches for r in unpack_rollouts(batch)]
         version = self.learner.version
         stale = self.learner.add(rollouts)
         self.busy_s += time.perf_counter() - began
@@ -226,4 +234,18 @@ def start_actors(cfg: FindRayConfig, prompts: list[str]) -> Actors:
         .options(**_options(r.learner_num_cpus, r.learner_num_gpus, 0))
         .remote(cfg.learner, latent_shape, embeddings, cfg.train.seed, r.torch_threads)
     )
-    return Actors(rollout, reward, learner)
+    actors = Actors(rollout, reward, learner)
+    wait_until_started(actors)
+    return actors
+
+
+def wait_until_started(actors: Actors, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+    """Blocks until every actor has run its constructor (loading a pipeline takes seconds),
+    so training starts with the whole pool and its clock excludes start-up. Actors still
+    starting after `timeout_s` (e.g. waiting for a GPU) or failed ones are left to the driver,
+    which handles them as any slow or failed actor."""
+    pool = [*actors.rollout, *actors.reward, actors.learner]
+    refs = [actor.__ray_ready__.remote() for actor in pool]
+    _, waiting = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    if waiting:
+        log.warning("%d of %d actors not started after %.0f s", len(waiting), len(refs), timeout_s)

@@ -5,7 +5,10 @@ reward summaries and learner results only):
 
     rollout actor --(rollouts, images refs)--> reward actor --(kept rollouts ref)--> learner
 
-- Back-pressure: at most `ray.max_in_flight_per_actor` calls queued per rollout actor.
+- Back-pressure: at most `ray.max_in_flight_per_actor` calls queued per rollout and per
+  reward actor, one learner `add` at a time. Work that arrives meanwhile waits and goes in
+  the next call, so under load one reward call scores many rollout batches and one `add`
+  stores them: the driver's round trips per rollout fall as the load rises.
 - Weights: the learner `ray.put`s each published version once; a rollout call carries
   (version, [ref]) and the actor fetches only a version that is new to it.
 - Staleness: a rollout whose policy lag exceeds `learner.max_policy_lag` when it reaches the
@@ -130,7 +133,7 @@ class RayTrainer:
         self.last_reward = float("nan")
         self.after_update: Callable[[RayTrainer], None] | None = None  # test hook
         self.reward_queue: deque[tuple[list[int], tuple, int]] = deque()  # (ids, refs, attempts)
-        self.loads = {"rollout": Counter(), "reward": Counter()}  # calls in flight per actor
+        self.loads = {"rollout": Counter(), "reward": Counter(), "add": Counter()}  # in flight
         self.grids_due: set[int] = set(range(len(self.prompts)))  # prompts to show next
         r = cfg.ray
         self.health = {  # an actor that died more than max_restarts times is retired
@@ -185,8 +188,8 @@ class RayTrainer:
                 continue
             for ref in self._ready():
                 self._handle(ref, self.pending.pop(ref))
-            if not self.cfg.ray.sync:
-                self._flush_adds()  # one learner call for all rollouts scored since the last
+            if not self.cfg.ray.sync and not self.loads["add"][-1]:
+                self._flush_adds()  # one learner call for all rollouts scored meanwhile
         self.bar.close()
         self.train_seconds = self.elapsed()
 
@@ -269,7 +272,10 @@ class RayTrainer:
     def _submit_rewards(self) -> None:
         """Queued batches to the reward actors, least busy first. Everything queued now is
         split over the available actors, one call each; a retry goes alone, to another actor."""
-        available = self.health["reward"].available()
+        limit = self.cfg.ray.max_in_flight_per_actor
+        available = [
+            j for j in self.health["reward"].available() if self.loads["reward"][j] < limit
+        ]
         if not available or not self.reward_queue:
             return  # none queued, or they are restarting: the batches wait
         available.sort(key=lambda j: self.loads["reward"][j])
@@ -337,6 +343,7 @@ class RayTrainer:
         self.pending[self.actors.learner.add.remote(*[kept for _, kept, _ in held])] = Flight(
             "add", ids
         )
+        self.loads["add"][-1] += 1
         self.held_adds.clear()
 
     def _on_add(self, ref: ray.ObjectRef, flight: Flight) -> None:

@@ -111,3 +111,26 @@ def test_state_dict_does_not_carry_shared_storage(tmp_path):
         store.add(Rollout(i, 0, big[i], 0.0, 0, 0.0), current_version=0)
     torch.save(store.state_dict(), tmp_path / "store.pt")
     assert (tmp_path / "store.pt").stat().st_size < big.numel() * 4 / 4
+
+
+def test_packed_rollouts_round_trip_through_pickle():
+    """The wire form between actors keeps every field (z exactly) and survives an empty batch."""
+    import pickle
+
+    from find_ray.store import pack_rollouts, unpack_rollouts
+
+    rollouts = [
+        Rollout(7 + n, n % 3, torch.randn(2, 4, 4), -1.5 * n, 3, 0.25 * n) for n in range(5)
+    ]
+    back = unpack_rollouts(pickle.loads(pickle.dumps(pack_rollouts(rollouts, (2, 4, 4)))))
+    assert [
+        (r.rollout_id, r.prompt_id, r.behaviour_logp, r.policy_version, r.reward) for r in back
+    ] == [
+        (r.rollout_id, r.prompt_id, r.behaviour_logp, r.policy_version, r.reward) for r in rollouts
+    ]
+    assert all(
+        torch.equal(a.z, b.z) and a.z.dtype == b.z.dtype
+        for a, b in zip(back, rollouts, strict=True)
+    )
+    empty = pack_rollouts([], (2, 4, 4))
+    assert empty.z.shape == (0, 2, 4, 4) and unpack_rollouts(empty) == []
