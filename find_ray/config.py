@@ -24,23 +24,60 @@ def _require(ok: bool, key: str, why: str) -> None:
         raise ConfigError(f"config key '{key}': {why}")
 
 
+MODEL_FAMILIES = ("auto", "sd", "sdxl", "turbo", "t2v", "animatediff")
+MODEL_SCHEDULERS = {  # model.scheduler -> diffusers class ("": the folder's own scheduler)
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_ancestral": "EulerAncestralDiscreteScheduler",
+    "dpm": "DPMSolverMultistepScheduler",
+    "pndm": "PNDMScheduler",
+}
+
+
 @dataclass
 class ModelConfig:
     backend: str = "pipeline"  # pipeline | simulated (a fixed latency, for system tests)
-    path: str = SHAPES_MODEL  # "shapes" or a local diffusers pipeline folder
-    steps: int = 20  # DDIM steps
-    guidance: float = 1.5  # classifier-free guidance scale (1: off)
+    path: str = SHAPES_MODEL  # "shapes", a local diffusers pipeline folder, or a hub id (online)
+    family: str = "auto"  # auto (model_index.json's class) | sd | sdxl | turbo | t2v | animatediff
+    scheduler: str = ""  # "": the folder's own | ddim | euler | euler_ancestral | dpm | pndm
+    steps: int = 20  # sampler steps
+    guidance: float = 1.5  # classifier-free guidance scale (<= 1: off, one denoiser pass a step)
     eta: float = 0.0  # DDIM eta; > 0 injects per-step noise (part of the environment)
+    height: int = 0  # pixels, a multiple of 8 (0: the model's default)
+    width: int = 0
+    num_frames: int = 16  # video families (t2v, animatediff): frames per video
     device: str = "cpu"
     dtype: str = "float32"
+    cpu_offload: bool = False  # diffusers enable_model_cpu_offload (needs a GPU)
+    attention_slicing: bool = False  # diffusers enable_attention_slicing
+    compile: bool = False  # torch.compile the denoiser (unet)
     latency_s: float = 0.0  # simulated backend: seconds per generate() call
 
     def __post_init__(self) -> None:
         backends = ("pipeline", "simulated")
         _require(self.backend in backends, "model.backend", f"one of {backends}")
+        _require(
+            self.family in MODEL_FAMILIES,
+            "model.family",
+            f"one of {MODEL_FAMILIES}, got {self.family!r}",
+        )
+        schedulers = ("", *MODEL_SCHEDULERS)
+        _require(
+            self.scheduler in schedulers,
+            "model.scheduler",
+            f"one of {schedulers}, got {self.scheduler!r}",
+        )
         _require(self.steps >= 1, "model.steps", f"must be >= 1, got {self.steps}")
         _require(self.guidance >= 0, "model.guidance", f"must be >= 0, got {self.guidance}")
         _require(0 <= self.eta <= 1, "model.eta", f"must be in [0, 1], got {self.eta}")
+        for key in ("height", "width"):
+            value = getattr(self, key)
+            _require(
+                value >= 0 and value % 8 == 0,
+                f"model.{key}",
+                f"must be 0 (the model's default) or a positive multiple of 8, got {value}",
+            )
+        _require(self.num_frames >= 1, "model.num_frames", f"must be >= 1, got {self.num_frames}")
         dtypes = ("float32", "float16", "bfloat16")
         _require(self.dtype in dtypes, "model.dtype", f"one of {dtypes}, got {self.dtype!r}")
 

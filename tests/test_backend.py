@@ -4,14 +4,12 @@ import torch
 from find_ray.backends import PipelineBackend, load_pipeline
 from find_ray.errors import ModelPathError
 from find_ray.shapes.pipeline import ShapesPipeline
-from tests.tiny_sd import tiny_sd_pipeline
+from tests.tiny_pipelines import save_tiny
 
 
 @pytest.fixture(scope="module")
 def tiny_sd_dir(tmp_path_factory):
-    scratch = tmp_path_factory.mktemp("tiny-sd")
-    tiny_sd_pipeline(scratch).save_pretrained(scratch / "pipe")
-    return scratch / "pipe"
+    return save_tiny("sd", tmp_path_factory.mktemp("tiny-sd"))
 
 
 def test_sd_backend_equals_plain_pipeline_with_same_latents(tiny_sd_dir):

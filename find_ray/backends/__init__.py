@@ -1,7 +1,8 @@
 """Backends behind one interface (latent_shape, encode_prompts, generate).
 
-The diffusers pipeline is imported on first use, so actors on the simulated backend (the scale
-benchmark runs dozens) do not pay for importing diffusers.
+Pipeline families (SD, SDXL, turbo, text-to-video) live in `pipeline`, their loading and the
+cheap `check_model` in `loading`. Both are imported on first use, so actors on the simulated
+backend (the scale benchmark runs dozens) do not pay for importing diffusers.
 """
 
 from __future__ import annotations
@@ -15,7 +16,17 @@ from find_ray.backends.simulated import SimulatedBackend
 from find_ray.config import ModelConfig
 
 if TYPE_CHECKING:
-    from find_ray.backends.pipeline import PipelineBackend, load_pipeline, resolve_model_path
+    from find_ray.backends.loading import check_model, load_pipeline, resolve_model_path
+    from find_ray.backends.pipeline import PipelineBackend, SDXLBackend, VideoBackend
+
+LAZY = {
+    "PipelineBackend": "pipeline",
+    "SDXLBackend": "pipeline",
+    "VideoBackend": "pipeline",
+    "check_model": "loading",
+    "load_pipeline": "loading",
+    "resolve_model_path": "loading",
+}
 
 
 class Backend(Protocol):
@@ -43,17 +54,20 @@ def make_backend(cfg: ModelConfig) -> Backend:
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("PipelineBackend", "load_pipeline", "resolve_model_path"):
-        from find_ray.backends import pipeline
+    if name in LAZY:
+        import importlib
 
-        return getattr(pipeline, name)
+        return getattr(importlib.import_module(f"find_ray.backends.{LAZY[name]}"), name)
     raise AttributeError(name)
 
 
 __all__ = [
     "Backend",
     "PipelineBackend",
+    "SDXLBackend",
     "SimulatedBackend",
+    "VideoBackend",
+    "check_model",
     "denoiser_calls",
     "load_pipeline",
     "make_backend",
