@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from find_ray.actor_health import ActorHealth
 from find_ray.actors import Actors, start_actors
-from find_ray.backends import resolve_model_path
+from find_ray.backends import check_model
 from find_ray.checkpoint import load_checkpoint, policy_from_state, save_checkpoint
 from find_ray.config import FindRayConfig, RayConfig, load_config, to_yaml
 from find_ray.errors import FindRayError
@@ -110,8 +110,7 @@ class RayTrainer:
     def __init__(self, cfg: FindRayConfig, resume: bool = False) -> None:
         self.cfg = cfg
         self.prompts = train_prompts(cfg)  # bad prompts fail here, before any actor starts
-        if cfg.model.backend == "pipeline":
-            resolve_model_path(cfg.model.path)  # so does a missing model folder
+        check_model(cfg.model)  # so does a missing model folder or a family mismatch
         check_reward(cfg.reward)  # and an unknown reward or missing weights
         self.out = Path(cfg.train.out_dir)
         self.resume = resume

@@ -213,10 +213,9 @@ def check_run_folder(run_dir: str) -> None:
     except FindRayError as e:
         raise ModelPathError(f"{run_dir}/config.yaml: {e}") from None
     load_run_policy(run_dir, prompts)
-    if cfg.model.backend == "pipeline":
-        from find_ray.backends import resolve_model_path
+    from find_ray.backends import check_model
 
-        resolve_model_path(cfg.model.path)
+    check_model(cfg.model)
 
 
 def user_config(args: ServeArgs) -> dict:
