@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from find_ray.config import FindRayConfig, load_config, to_yaml
-from find_ray.errors import ConfigError
+from find_ray.backends import check_model
+from find_ray.config import SHAPES_MODEL, FindRayConfig, load_config, to_yaml
+from find_ray.errors import ConfigError, ModelPathError
 
 # Training configs; a Ray Serve config (top-level `applications`) is tested in test_serve.py.
 CONFIGS = [
@@ -22,7 +23,19 @@ def test_defaults_and_overrides():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_are_valid(path):
-    load_config(path)
+    cfg = load_config(path)
+    if cfg.model.path == SHAPES_MODEL:
+        assert check_model(cfg.model) == "sd"
+        return
+    # GPU configs leave model.path for the user: the placeholder fails in one line saying how
+    with pytest.raises(ModelPathError) as e:
+        check_model(cfg.model)
+    message = str(e.value)
+    assert "model.path" in message and "huggingface-cli download" in message
+    assert "\n" not in message
+    assert cfg.model.device == cfg.reward.device == "cuda" and cfg.model.dtype == "float16"
+    assert cfg.ray.rollout_num_gpus > 0 and cfg.ray.reward_num_gpus > 0
+    assert cfg.learner.drcm_pool > 0 and cfg.model.family != "auto"
 
 
 def test_yaml_round_trip(tmp_path):
@@ -39,6 +52,11 @@ def test_yaml_round_trip(tmp_path):
         ("model.steps=ten", "model.steps"),  # wrong type
         ("model.steps=0", "model.steps"),  # invalid value
         ("model.eta=2", "model.eta"),
+        ("model.family=flux", "model.family"),
+        ("model.scheduler=lms", "model.scheduler"),
+        ("model.height=500", "model.height"),
+        ("model.width=-8", "model.width"),
+        ("model.num_frames=0", "model.num_frames"),
         ("eval.samples_per_prompt=0", "eval.samples_per_prompt"),
     ],
 )
