@@ -51,10 +51,14 @@ class RolloutActor:
         torch.set_num_threads(torch_threads)
         self.prompts = prompts
         self.backend = make_backend(model)
+        self.backend_device = model.device
         self.worker = RolloutWorker(self.backend, prompts, batch_size, reduction, seed)
 
     def pid(self) -> int:
         return os.getpid()
+
+    def peak_memory_mib(self) -> float:
+        return peak_memory_mib(self.backend_device)
 
     def describe(self) -> tuple[tuple[int, ...], Tensor]:
         """What the learner needs from the backend: latent shape and prompt embeddings."""
@@ -187,6 +191,15 @@ class LearnerActor:
         self.learner.load_state_dict(state)
         self.busy_s = float(state.get("busy_s", 0.0))
         return self.learner.version
+
+
+def peak_memory_mib(device: str) -> float:
+    """Peak memory of this process: allocated CUDA memory on a GPU, else the resident set."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _options(num_cpus: float, num_gpus: float, max_restarts: int) -> dict[str, Any]:

@@ -53,5 +53,8 @@ def stack(grids: Sequence[Image.Image], gap: int = 6) -> Image.Image:
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) floats in [0, 1] -> (B, H, W, 3) uint8."""
+    """(B, 3, H, W) floats in [0, 1] -> (B, H, W, 3) uint8; a video (B, F, 3, H, W) becomes
+    a film strip, its frames side by side: (B, H, F * W, 3)."""
+    if images.dim() == 5:
+        images = images.permute(0, 2, 3, 1, 4).flatten(3)
     return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
