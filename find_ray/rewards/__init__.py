@@ -119,4 +119,4 @@ def check_prompts(cfg: RewardConfig, prompts: list[str]) -> None:
             parse_caption(prompt)
 
 
-from find_ray.rewards import brightness, jpeg, shapes  # noqa: E402,F401  (register themselves)
+from find_ray.rewards import brightness, jpeg, pickscore, shapes  # noqa: E402,F401  (register themselves)
