@@ -81,7 +81,10 @@ def make_differentiable_reward(cfg: RewardConfig) -> DifferentiableRewardFn:
 
 
 def frame_averaged(reward: RewardFn) -> RewardFn:
-    """Scores videos (B, F, 3, H, W) frame by frame and averages; images pass through."""
+    """Scores videos (B, F, 3, H, W) frame by frame and averages; images pass through. A
+    video reward (its function has `takes_videos = True`) gets the videos themselves."""
+    if getattr(reward, "takes_videos", False):
+        return reward
 
     def score(images: torch.Tensor, prompts: list[str]):
         if images.dim() != 5:
@@ -119,4 +122,4 @@ def check_prompts(cfg: RewardConfig, prompts: list[str]) -> None:
             parse_caption(prompt)
 
 
-from find_ray.rewards import brightness, jpeg, pickscore, shapes  # noqa: E402,F401  (register themselves)
+from find_ray.rewards import brightness, clipscore, jpeg, pickscore, shapes  # noqa: E402,F401  (register themselves)

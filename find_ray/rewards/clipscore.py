@@ -1,0 +1,62 @@
+"""`clipscore`: CLIPScore (Hessel et al. 2021) with open_clip: 2.5 * max(cos(image, text), 0).
+
+- `reward.model`: the open_clip architecture (default ViT-L-14);
+- `reward.weights_path`: a local open_clip checkpoint file of it (for OpenAI's weights name
+  the `-quickgelu` architecture); empty: the "openai" pretrained tag (online only).
+
+info["cosine"] is the raw cosine. The differentiable form shares the code (see OpenClip).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from find_ray.config import RewardConfig
+from find_ray.rewards import DifferentiableRewardFn, RewardFn, register, register_differentiable
+from find_ray.rewards.batching import Core, as_differentiable, as_reward
+from find_ray.rewards.open_clip_model import OpenClip, check_architecture, load_for
+from find_ray.rewards.weights import resolve_weights
+
+ARCH = "ViT-L-14"
+TAG = "openai"
+SCALE = 2.5  # Hessel et al.'s w
+HOW = (
+    "get an open_clip checkpoint, e.g. `huggingface-cli download "
+    "timm/vit_large_patch14_clip_224.openai open_clip_pytorch_model.bin --local-dir DIR`, "
+    "then set reward.weights_path=DIR/open_clip_pytorch_model.bin and "
+    "reward.model=ViT-L-14-quickgelu"
+)
+
+
+def clip_weights(cfg: RewardConfig, arch: str = ARCH, how: str = HOW) -> tuple[str, str]:
+    """(architecture, checkpoint file or "openai") of a CLIP-similarity reward; one-line
+    ConfigError / ModelPathError when unusable. Loads nothing."""
+    arch = cfg.model or arch
+    check_architecture(arch)
+    return arch, resolve_weights(cfg, TAG, how)
+
+
+def check_clipscore(cfg: RewardConfig) -> None:
+    clip_weights(cfg)
+
+
+def clipscore_core(clip: OpenClip) -> Core:
+    def core(images: torch.Tensor, prompts: list[str]):
+        cosine = clip.cosine(images, prompts)
+        return SCALE * cosine.clamp(min=0), {"cosine": cosine}
+
+    return core
+
+
+def _core(cfg: RewardConfig) -> Core:
+    return clipscore_core(load_for(cfg, *clip_weights(cfg)))
+
+
+@register("clipscore", check=check_clipscore)
+def clipscore_reward(cfg: RewardConfig) -> RewardFn:
+    return as_reward(_core(cfg), cfg.batch_size)
+
+
+@register_differentiable("clipscore")
+def clipscore_differentiable(cfg: RewardConfig) -> DifferentiableRewardFn:
+    return as_differentiable(_core(cfg), cfg.batch_size)

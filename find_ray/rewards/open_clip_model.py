@@ -1,0 +1,93 @@
+"""One open_clip model, loaded once, that embeds images and prompts (shared by the CLIP rewards).
+
+The architecture is an open_clip name (`open_clip.list_models()`); the weights a local
+checkpoint file (open_clip's `pretrained=PATH`: a state dict, or `{'state_dict': ...}` as
+HPSv2 saves it) or, online, a pretrained tag such as "openai". Images go through our
+differentiable `clip_pixels` at the model's image size with its mean/std, so scores and
+their gradients share one path; text embeddings are cached per prompt string.
+
+OpenAI's CLIP weights use QuickGELU: a tag sets it itself, but for such weights in a local
+file name the `-quickgelu` architecture (e.g. ViT-L-14-quickgelu).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from find_ray.config import RewardConfig
+from find_ray.errors import ConfigError
+from find_ray.rewards.clip_pixels import clip_pixels
+
+TEXT_CACHE = 4096  # prompts whose embeddings are kept (training prompts repeat a lot)
+EXAMPLES = ("ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-quickgelu", "ViT-H-14", "ViT-bigG-14")
+
+
+def check_architecture(arch: str, key: str = "reward.model") -> None:
+    """One-line ConfigError unless `arch` is an open_clip architecture; loads nothing."""
+    import open_clip
+
+    known = open_clip.list_models()
+    if arch not in known:
+        examples = ", ".join(name for name in EXAMPLES if name in known)
+        raise ConfigError(
+            f"config key {key!r}: unknown open_clip architecture {arch!r}; known include "
+            f"{examples} (all {len(known)}: open_clip.list_models())"
+        )
+
+
+class OpenClip:
+    """A frozen open_clip model on one device and dtype, with its tokenizer and pixel stats."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, device: str, dtype: torch.dtype):
+        import open_clip
+
+        pre = open_clip.get_model_preprocess_cfg(model)
+        size = pre["size"]
+        self.size = size if isinstance(size, int) else size[0]
+        self.mean, self.std = tuple(pre["mean"]), tuple(pre["std"])
+        self.model = model.to(device, dtype).eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.device, self.dtype = torch.device(device), dtype
+        self.texts: dict[str, torch.Tensor] = {}
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.visual.output_dim
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, D) L2-normalised embeddings (differentiable). Pixels
+        are resized in float32 at least (bicubic has no half-precision CPU kernel)."""
+        work = torch.promote_types(self.dtype, torch.float32)
+        pixels = clip_pixels(images.to(self.device, work), self.size, self.mean, self.std)
+        return self.model.encode_image(pixels.to(self.dtype), normalize=True)
+
+    @torch.no_grad()
+    def embed_texts(self, prompts: list[str]) -> torch.Tensor:
+        """(B, D) L2-normalised text embeddings, computed once per distinct prompt."""
+        new = [p for p in dict.fromkeys(prompts) if p not in self.texts]
+        if new:
+            for old in list(self.texts)[: max(0, len(self.texts) + len(new) - TEXT_CACHE)]:
+                del self.texts[old]
+            tokens = self.tokenizer(new).to(self.device)
+            self.texts.update(zip(new, self.model.encode_text(tokens, normalize=True), strict=True))
+        return torch.stack([self.texts[p] for p in prompts])
+
+    def cosine(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """(B,) cosine similarity of each image with its prompt (differentiable in images)."""
+        return (self.embed_images(images) * self.embed_texts(prompts)).sum(-1)
+
+
+def load_open_clip(arch: str, pretrained: str, device: str, dtype: torch.dtype) -> OpenClip:
+    """open_clip `arch` with weights `pretrained` (a checkpoint file or a pretrained tag)."""
+    import open_clip
+
+    tag = open_clip.get_pretrained_cfg(arch, pretrained) or {}
+    model = open_clip.create_model(
+        arch, pretrained=pretrained, force_quick_gelu=bool(tag.get("quick_gelu"))
+    )
+    return OpenClip(model, open_clip.get_tokenizer(arch), device, dtype)
+
+
+def load_for(cfg: RewardConfig, arch: str, pretrained: str) -> OpenClip:
+    """`load_open_clip` on the reward's device and dtype."""
+    return load_open_clip(arch, pretrained, cfg.device, getattr(torch, cfg.dtype))
