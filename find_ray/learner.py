@@ -20,10 +20,12 @@ from find_ray.find import (
     calibration_step,
     policy_loss,
 )
-from find_ray.policy import GaussianNoisePolicy
+from find_ray.policy import GaussianNoisePolicy, diagonal_gaussian_kl
 from find_ray.store import Rollout, RolloutStore, stack_rollouts
+from find_ray.trust_region import parameters_of, trust_region_
 
 Optimizer = Literal["natural", "sgd", "adamw"]
+MIN_SLOPE = 0.1
 
 
 @dataclass
@@ -35,6 +37,9 @@ class LearnerConfig:
     drcm_steps: int = 20  # DRCM MSE steps on the stored rollouts before each policy update
     drcm_pool: int = 0  # average-pool mu/sigma to pool x pool before the DRCM (0: no pooling)
     learn_sigma: bool = True
+    sigma_min: float = 0.5  # sigma is squashed into [sigma_min, sigma_max] (max .inf: unbounded)
+    sigma_max: float = 2.0
+    target_kl: float = 0.0  # per-update trust region on KL(pi_old || pi_new) per prompt (0: off)
     store_capacity: int = 1024
     max_policy_lag: int = 2  # older rollouts are dropped ("stale"); the ratio corrects the rest
     loss: FindLossConfig = field(default_factory=FindLossConfig)
@@ -47,22 +52,31 @@ class LearnerConfig:
                 raise ConfigError(f"config key 'learner.{key}': must be >= 1")
         if self.max_policy_lag < 0:
             raise ConfigError("config key 'learner.max_policy_lag': must be >= 0")
+        if not 0 < self.sigma_min < 1 < self.sigma_max:
+            raise ConfigError(
+                "config keys 'learner.sigma_min', 'learner.sigma_max': need 0 < min < 1 < max"
+            )
+        if self.target_kl < 0:
+            raise ConfigError("config key 'learner.target_kl': must be >= 0 (0 turns it off)")
 
 
 def natural_gradient_(policy: GaussianNoisePolicy, reduction: str) -> None:
     """Preconditions the gradients in place by the inverse Fisher of the Gaussian.
 
-    For a summed log-density the Fisher is 1/sigma^2 for mu and 2 for log sigma; a per-element
-    mean divides it by the number of elements. The natural step on mu is then the
-    advantage-weighted mean of (z - mu): scale-free, unlike Adam's per-element unit steps.
+    For a summed log-density the Fisher is 1/sigma^2 for mu and 2 for log sigma (2 s^2 for the
+    raw parameter, s = d log sigma / d raw of the bounded squash; s^2 is floored at MIN_SLOPE^2
+    so the step stays finite at the bounds); a per-element mean divides it by the number of
+    elements. The natural step on mu is then the advantage-weighted mean of (z - mu):
+    scale-free, unlike Adam's per-element unit steps.
     """
     scale = math.prod(policy.shape) if reduction == "mean" else 1.0
     with torch.no_grad():
-        sigma = policy.log_sigma.exp()
+        _, sigma = policy.mean_std(torch.arange(policy.num_prompts))
         if policy.mu.grad is not None:
             policy.mu.grad.mul_(sigma**2 * scale)
         if policy.log_sigma.grad is not None:
-            policy.log_sigma.grad.mul_(0.5 * scale)
+            slope_sq = policy.log_sigma_slope().square().clamp_min(MIN_SLOPE**2)
+            policy.log_sigma.grad.mul_(0.5 * scale / slope_sq)
 
 
 class Learner:
@@ -79,7 +93,7 @@ class Learner:
         self.cfg = cfg
         self.prompt_embeddings = prompt_embeddings.float()
         num_prompts = prompt_embeddings.shape[0]
-        self.policy = GaussianNoisePolicy(num_prompts, latent_shape)
+        self.policy = GaussianNoisePolicy(num_prompts, latent_shape, (cfg.sigma_min, cfg.sigma_max))
         self.policy.log_sigma.requires_grad_(cfg.learn_sigma)
         self.drcm = DRCM(
             latent_shape, prompt_embeddings.shape[1], cfg.loss.drcm_hidden, cfg.drcm_pool or None
@@ -129,6 +143,7 @@ class Learner:
             **advantage_variance_report(held.reward, calibrated),
             "drcm_mse": drcm_mse[-1] if drcm_mse else float("nan"),
         }
+        before = parameters_of(self.policy)
         steps: list[dict[str, float]] = []
         for batch in self.store.minibatches(
             self.cfg.minibatch_size, self.cfg.epochs, self.generator
@@ -147,6 +162,10 @@ class Learner:
                 natural_gradient_(self.policy, self.cfg.loss.logp_reduction)
             self.policy_opt.step()
             steps.append(step)
+        if self.cfg.target_kl > 0:
+            region = trust_region_(self.policy, before, self.cfg.target_kl)
+            metrics["kl_update_raw_max"] = region.kl_raw.max().item()
+            metrics["trust_region_scale"] = region.scale.mean().item()
         self.version += 1
         for key in steps[0] if steps else ():
             metrics[key] = sum(s[key] for s in steps) / len(steps)
@@ -154,9 +173,16 @@ class Learner:
         all_prompts = torch.arange(self.policy.num_prompts)
         with torch.no_grad():
             metrics["kl_to_prior"] = self.policy.kl_to_standard_normal(all_prompts).mean().item()
+            prior = self.policy.kl_to_standard_normal(all_prompts, "sum")
+            metrics["kl_to_prior_total"] = prior.mean().item()
             new_mu, new_sigma = self.policy.mean_std(all_prompts)
+            kl_update = diagonal_gaussian_kl(mu, sigma, new_mu, new_sigma)
+        metrics["kl_update_mean"] = kl_update.mean().item()
+        metrics["kl_update_max"] = kl_update.max().item()
         metrics["mu_step"] = (new_mu - mu).abs().mean().item()
         metrics["sigma_mean"] = new_sigma.mean().item()
+        metrics["sigma_min"] = new_sigma.min().item()
+        metrics["sigma_max"] = new_sigma.max().item()
         metrics["store_size"] = float(len(self.store))
         for reason, count in self.store.drops.items():
             metrics[f"drops/{reason}"] = float(count)

@@ -46,23 +46,72 @@ def initial_log_prob(z: Tensor, reduction: Reduction = "mean") -> Tensor:
     return gaussian_log_prob(z, 0.0, 1.0, reduction)
 
 
+def diagonal_gaussian_kl(
+    mu0: Tensor, sigma0: Tensor, mu1: Tensor, sigma1: Tensor, reduction: Reduction = "sum"
+) -> Tensor:
+    """KL(N(mu0, sigma0^2) || N(mu1, sigma1^2)) of diagonal Gaussians (B, ...) -> (B,).
+
+    "sum" is the true KL between the two distributions; "mean" divides it by the dimension.
+    """
+    elem = torch.log(sigma1 / sigma0) + (sigma0**2 + (mu0 - mu1) ** 2) / (2 * sigma1**2) - 0.5
+    return _reduce(elem, reduction)
+
+
+def bounded_log_sigma(raw: Tensor, sigma_min: float, sigma_max: float) -> Tensor:
+    """log sigma from the raw parameter, squashed into [log sigma_min, log sigma_max].
+
+    h * tanh(raw / h) with h = log sigma_max above 0 and -log sigma_min below: the identity
+    near raw = 0 (sigma = 1 exactly at initialisation, slope 1), smooth, and never outside the
+    bounds whatever the optimiser does. sigma_max = inf gives exp(raw) clamped at SIGMA_MIN.
+    """
+    if math.isinf(sigma_max):
+        return raw.clamp_min(math.log(SIGMA_MIN))
+    h = torch.where(raw >= 0, math.log(sigma_max), -math.log(sigma_min))
+    return h * torch.tanh(raw / h)
+
+
 class GaussianNoisePolicy(nn.Module):
     """Per-prompt diagonal Gaussian N(mu_c, diag(sigma_c^2)) over a latent of shape ``shape``.
 
-    Initialised at pi_0 = N(0, I): mu = 0, log_sigma = 0. sigma = exp(log_sigma) clamped at
-    SIGMA_MIN, so it stays > 0 whatever the optimiser does.
+    Initialised at pi_0 = N(0, I): mu = 0, log_sigma = 0. sigma = exp(bounded_log_sigma(
+    log_sigma)) stays in ``sigma_range`` (a buffer, so it travels with the weights);
+    (SIGMA_MIN, inf) is the unbounded exp parametrisation.
     """
 
-    def __init__(self, num_prompts: int, shape: tuple[int, ...] | list[int]) -> None:
+    def __init__(
+        self,
+        num_prompts: int,
+        shape: tuple[int, ...] | list[int],
+        sigma_range: tuple[float, float] = (SIGMA_MIN, math.inf),
+    ) -> None:
         super().__init__()
+        lo, hi = sigma_range
+        if not 0 < lo < 1 < hi:
+            raise ValueError(f"sigma_range must hold 0 < min < 1 < max, got {sigma_range}")
         self.num_prompts = int(num_prompts)
         self.shape = tuple(int(s) for s in shape)
         self.mu = nn.Parameter(torch.zeros(self.num_prompts, *self.shape))
         self.log_sigma = nn.Parameter(torch.zeros(self.num_prompts, *self.shape))
+        self.register_buffer("sigma_range", torch.tensor([float(lo), float(hi)]))
+        self.register_load_state_dict_pre_hook(_unbounded_if_missing)
+
+    def bounds(self) -> tuple[float, float]:
+        lo, hi = self.sigma_range.tolist()
+        return lo, hi
 
     def mean_std(self, prompt_ids: Tensor) -> tuple[Tensor, Tensor]:
         """(mu, sigma) of the given prompts, each (B, *shape)."""
-        return self.mu[prompt_ids], self.log_sigma[prompt_ids].exp().clamp_min(SIGMA_MIN)
+        return self.mu[prompt_ids], bounded_log_sigma(
+            self.log_sigma[prompt_ids], *self.bounds()
+        ).exp()
+
+    def log_sigma_slope(self) -> Tensor:
+        """d log sigma / d log_sigma for every parameter (1 where unbounded), detached."""
+        with torch.no_grad():
+            raw = self.log_sigma.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            (slope,) = torch.autograd.grad(bounded_log_sigma(raw, *self.bounds()).sum(), raw)
+        return slope
 
     @torch.no_grad()
     def sample(self, prompt_ids: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -117,6 +166,11 @@ class GaussianNoisePolicy(nn.Module):
         policy = cls(int(meta["num_prompts"]), json.loads(meta["shape"]))
         policy.load_state_dict(load_file(str(path)))
         return policy
+
+
+def _unbounded_if_missing(module, state_dict, prefix, *args) -> None:
+    """Policies saved before sigma_range existed load with the unbounded parametrisation."""
+    state_dict.setdefault(prefix + "sigma_range", torch.tensor([SIGMA_MIN, math.inf]))
 
 
 def read_policy_metadata(path: str | Path) -> dict[str, str]:

@@ -6,12 +6,15 @@ advantage outweighs the lambda = 0.01 regulariser: with -mean(...) the regularis
 towards 0 leaves the optimum of the loss at mu ~ 0.86, not 1.
 """
 
+import math
 from dataclasses import dataclass
 
+import pytest
 import torch
 
 from find_ray.find import FindLossConfig
 from find_ray.learner import Learner, LearnerConfig
+from find_ray.policy import diagonal_gaussian_kl
 from find_ray.store import Rollout
 
 DIM = 16
@@ -21,31 +24,36 @@ TARGETS = torch.stack([torch.ones(DIM), -torch.ones(DIM)])
 @dataclass
 class BanditResult:
     mu_error: float  # mean |mu_c - target_c| at the end
-    max_kl: float  # max over updates of KL(pi_v || pi_v+1), per-element mean, worst prompt
+    max_kl: float  # max over updates of KL(pi_v || pi_v+1) (kl_reduction), worst prompt
     max_approx_kl: float  # max of the approx_kl metric over all minibatches
     first_reward: float
     last_reward: float
 
 
-def gaussian_kl(mu0, sigma0, mu1, sigma1) -> torch.Tensor:
-    """KL(N(mu0, sigma0^2) || N(mu1, sigma1^2)) per element."""
-    return torch.log(sigma1 / sigma0) + (sigma0**2 + (mu0 - mu1) ** 2) / (2 * sigma1**2) - 0.5
-
-
 def run_find_bandit(
-    eps: float = 0.2, iters: int = 40, per_prompt: int = 16, seed: int = 0
+    eps: float = 0.2,
+    iters: int = 40,
+    per_prompt: int = 16,
+    seed: int = 0,
+    kl_reduction: str = "mean",
+    **learner: object,
 ) -> BanditResult:
-    """The Learner on the bandit: sample from the behaviour policy, score, add, update."""
+    """The Learner on the bandit: sample from the behaviour policy, score, add, update.
+
+    Unless `learner` overrides them, sigma is unbounded and there is no trust region.
+    """
     gen = torch.Generator().manual_seed(seed)
-    cfg = LearnerConfig(
+    defaults: dict[str, object] = dict(
         optimizer="adamw",
         epochs=4,
         minibatch_size=32,
         drcm_steps=5,
         store_capacity=4 * per_prompt,
         max_policy_lag=1,  # this batch + the previous one
+        sigma_max=math.inf,
         loss=FindLossConfig(eps=eps, policy_lr=0.05, drcm_lr=1e-2, drcm_hidden=64),
     )
+    cfg = LearnerConfig(**{**defaults, **learner})
     learner = Learner(cfg, (DIM,), prompt_embeddings=torch.eye(2), seed=seed)
     all_prompts = torch.arange(2)
     ids = all_prompts.repeat(per_prompt)
@@ -70,7 +78,7 @@ def run_find_bandit(
         max_approx_kl = max(max_approx_kl, metrics["approx_kl"])
         with torch.no_grad():
             new_mu, new_sigma = policy.mean_std(all_prompts)
-            kl = gaussian_kl(mu, sigma, new_mu, new_sigma).mean(1).max().item()
+            kl = diagonal_gaussian_kl(mu, sigma, new_mu, new_sigma, kl_reduction).max().item()
         max_kl = max(max_kl, kl)
 
     mu_error = (learner.policy.mu.detach() - TARGETS).abs().mean().item()
@@ -90,3 +98,22 @@ def test_without_clipping_updates_are_unbounded():
     # same loop with eps = inf: measured max per-update KL 7-96 over 6 seeds
     res = run_find_bandit(eps=float("inf"), iters=40)
     assert res.max_kl > 1.0
+
+
+@pytest.mark.parametrize("optimizer", ["natural", "adamw"])
+def test_trust_region_bounds_the_true_per_update_kl(optimizer):
+    # learned, bounded sigma; large steps and no clipping, so only the trust region holds them
+    target = 0.5
+    kw = dict(
+        iters=15,
+        eps=float("inf"),
+        kl_reduction="sum",
+        optimizer=optimizer,
+        sigma_max=2.0,
+        loss=FindLossConfig(eps=float("inf"), policy_lr=1.0, drcm_lr=1e-2, drcm_hidden=64),
+    )
+    free = run_find_bandit(**kw)
+    bounded = run_find_bandit(target_kl=target, **kw)
+    assert free.max_kl > 4 * target  # the steps the region has to cut back
+    assert bounded.max_kl <= target * (1 + 1e-5)  # stated tolerance: float rounding only
+    assert bounded.last_reward > 0.5 * bounded.first_reward  # and it still learns

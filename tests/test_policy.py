@@ -6,7 +6,12 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from find_ray.policy import GaussianNoisePolicy, gaussian_log_prob, initial_log_prob
+from find_ray.policy import (
+    GaussianNoisePolicy,
+    diagonal_gaussian_kl,
+    gaussian_log_prob,
+    initial_log_prob,
+)
 
 SHAPE = (2, 3, 3)
 
@@ -99,3 +104,41 @@ def test_sampling_reproducible_with_right_moments():
     assert torch.allclose(z1.std(0), torch.tensor([0.5, 2.0]), rtol=0.03)
     z0 = policy.sample(torch.zeros(3, dtype=torch.long))
     assert z0.shape == (3, 2)
+
+
+def test_diagonal_gaussian_kl_matches_torch_distributions():
+    g = torch.Generator().manual_seed(3)
+    mu0, mu1 = torch.randn(4, 2, 3, 3, generator=g), torch.randn(4, 2, 3, 3, generator=g)
+    s0, s1 = torch.rand(4, 2, 3, 3, generator=g) + 0.3, torch.rand(4, 2, 3, 3, generator=g) + 0.3
+    expected = torch.distributions.kl_divergence(Normal(mu0, s0), Normal(mu1, s1)).flatten(1)
+    assert torch.allclose(diagonal_gaussian_kl(mu0, s0, mu1, s1), expected.sum(1), atol=1e-5)
+    assert torch.allclose(diagonal_gaussian_kl(mu0, s0, mu1, s1, "mean"), expected.mean(1))
+
+
+def test_bounded_sigma_starts_at_one_and_never_leaves_its_range():
+    policy = GaussianNoisePolicy(3, (2, 2), sigma_range=(0.5, 2.0))
+    ids = torch.arange(3)
+    assert torch.equal(policy.mean_std(ids)[1], torch.ones(3, 2, 2))  # pi_0 exactly
+    assert torch.allclose(policy.log_sigma_slope(), torch.ones(3, 2, 2))  # identity near 0
+    with torch.no_grad():
+        policy.log_sigma[0] = 1e4
+        policy.log_sigma[1] = -1e4
+        policy.log_sigma[2] = 0.01
+    sigma = policy.mean_std(ids)[1]
+    assert torch.allclose(sigma[0], torch.full((2, 2), 2.0))
+    assert torch.allclose(sigma[1], torch.full((2, 2), 0.5))
+    assert torch.allclose(sigma[2], torch.full((2, 2), math.exp(0.01)), rtol=1e-4)
+    assert torch.isfinite(policy.log_prob(torch.randn(3, 2, 2), ids)).all()
+
+
+def test_bounds_travel_with_the_weights_and_old_files_load_unbounded(tmp_path):
+    bounded = GaussianNoisePolicy(2, (3,), sigma_range=(0.25, 4.0))
+    plain = GaussianNoisePolicy(2, (3,))
+    plain.load_state_dict(bounded.state_dict())  # what a rollout actor does with the weights
+    assert plain.bounds() == (0.25, 4.0)
+    legacy = {
+        k: v for k, v in GaussianNoisePolicy(2, (3,)).state_dict().items() if k != "sigma_range"
+    }
+    old = GaussianNoisePolicy(2, (3,), sigma_range=(0.5, 2.0))
+    old.load_state_dict(legacy)
+    assert old.bounds()[1] == math.inf

@@ -18,5 +18,6 @@ def test_scale_benchmark_writes_table_and_plot(ray_local, tmp_path):
     assert [r["actors"] for r in rows] == [1, 2]
     assert rows[0]["efficiency"] == pytest.approx(1.0)
     assert rows[1]["rollouts_per_s"] > rows[0]["rollouts_per_s"]  # two actors do more work
-    assert rows[0]["weights_bytes"] == 2 * 4 * 3 * 8 * 8 * 4  # mu + log_sigma, 4 prompts, fp32
+    # mu + log_sigma (4 prompts, fp32) + the sigma_range buffer
+    assert rows[0]["weights_bytes"] == 2 * 4 * 3 * 8 * 8 * 4 + 2 * 4
     assert (tmp_path / "scale.png").is_file() and "| 2 |" in (tmp_path / "scale.md").read_text()
