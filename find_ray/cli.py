@@ -26,10 +26,12 @@ def _config(args):
 
 
 def cmd_sample(args) -> None:
+    import math
+
     import torch
 
     from find_ray.backends import make_backend
-    from find_ray.evaluate import score_labels
+    from find_ray.evaluate import fmt, score_labels
     from find_ray.images import image_grid, to_uint8
     from find_ray.rewards import check_prompts, make_reward
 
@@ -42,10 +44,11 @@ def cmd_sample(args) -> None:
     )
     images = backend.generate(z, [args.prompt] * args.n, seed=args.seed)
     scores, info = reward(images, [args.prompt] * args.n)
-    labels = score_labels(scores.tolist(), info["exact"].tolist())
+    exact = info.get("exact", torch.full_like(scores, math.nan))
+    labels = score_labels(scores.tolist(), exact.tolist())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     image_grid(to_uint8(images), labels, title=args.prompt).save(args.out)
-    print(f"{args.out}: mean score {scores.mean():.3f}, exact {info['exact'].mean():.3f}")
+    print(f"{args.out}: mean score {scores.mean():.3f}, exact {fmt(exact.mean().item())}")
 
 
 def cmd_eval(args) -> None:

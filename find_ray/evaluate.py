@@ -7,6 +7,7 @@ on the same seeds see the same base noise (paired comparison).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,16 @@ def grid_rows(batch: list[EvalJob], grid_samples: int) -> list[int]:
     return [row for row, (_, j) in enumerate(batch) if j < grid_samples]
 
 
+def info_value(info: dict, key: str, n: int) -> float:
+    """Row n of a reward's extra metric, NaN when the reward has none (e.g. no "exact")."""
+    return float(info[key][n]) if key in info else math.nan
+
+
+def fmt(value: float, spec: str = ".3f") -> str:
+    """A table cell: the number, or "n/a" for a metric the reward does not give."""
+    return "n/a" if math.isnan(value) else format(value, spec)
+
+
 class EvalCollector:
     """Gathers scored eval batches (in any order) into one PromptResult per prompt."""
 
@@ -97,8 +108,8 @@ class EvalCollector:
         """`thumbnails`: uint8 images of the batch's `grid_rows`, in that order."""
         for n, (i, j) in enumerate(batch):
             self.scores[i, j] = float(scores[n])
-            self.exact[i, j] = float(info["exact"][n])
-            self.colours[i, j] = float(info["colours_present"][n])
+            self.exact[i, j] = info_value(info, "exact", n)
+            self.colours[i, j] = info_value(info, "colours_present", n)
         for row, image in zip(grid_rows(batch, self.grid_samples), thumbnails, strict=True):
             self.images[batch[row]] = image
 
@@ -184,20 +195,20 @@ def markdown_table(results: list[PromptResult]) -> str:
     for r in results:
         m = r.metrics()
         lines.append(
-            f"| {r.prompt} | {m['mean_score']:.3f} | {m['exact']:.3f} | "
-            f"{m['colours_present']:.3f} | {m['best_of_k_exact']:.0f} |"
+            f"| {r.prompt} | {fmt(m['mean_score'])} | {fmt(m['exact'])} | "
+            f"{fmt(m['colours_present'])} | {fmt(m['best_of_k_exact'], '.0f')} |"
         )
     s = summarise(results)
     lines.append(
-        f"| **mean** | **{s['mean_score']:.3f}** | **{s['exact']:.3f}** | "
-        f"**{s['colours_present']:.3f}** | **{s['best_of_k_exact']:.3f}** |"
+        f"| **mean** | **{fmt(s['mean_score'])}** | **{fmt(s['exact'])}** | "
+        f"**{fmt(s['colours_present'])}** | **{fmt(s['best_of_k_exact'])}** |"
     )
     return "\n".join(lines)
 
 
 def score_labels(scores: list[float], exact: list[float]) -> list[str]:
     """Image captions for grids: the score, and "ok" on exact matches."""
-    return [f"{s:.2f}" + (" ok" if e else "") for s, e in zip(scores, exact, strict=True)]
+    return [f"{s:.2f}" + (" ok" if e > 0.5 else "") for s, e in zip(scores, exact, strict=True)]
 
 
 def suite_grid(results: list[PromptResult]):

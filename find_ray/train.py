@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from find_ray.backends import make_backend
 from find_ray.config import FindRayConfig
-from find_ray.evaluate import PromptResult, evaluate_policy, suite_grid
+from find_ray.evaluate import PromptResult, evaluate_policy, fmt, suite_grid
 from find_ray.images import stack
 from find_ray.learner import Learner
 from find_ray.rewards import check_prompts, make_reward
@@ -119,6 +119,7 @@ def write_find_report(
     gains = {
         metric: paired_bootstrap_ci(_matrix(before, metric), _matrix(after, metric))
         for metric in ("scores", "exact")
+        if np.isfinite(_matrix(before, metric)).all()  # rewards without "exact" skip it
     }
     stack([suite_grid(before), suite_grid(after)]).save(out / "before_after.png")
     lines = [
@@ -133,8 +134,8 @@ def write_find_report(
     ]
     for b, a in zip(before, after, strict=True):
         lines.append(
-            f"| {b.prompt} | {b.scores.mean():.3f} | {a.scores.mean():.3f} | "
-            f"{b.exact.mean():.3f} | {a.exact.mean():.3f} |"
+            f"| {b.prompt} | {fmt(b.scores.mean())} | {fmt(a.scores.mean())} | "
+            f"{fmt(b.exact.mean())} | {fmt(a.exact.mean())} |"
         )
     means = [
         np.mean([r.scores.mean() for r in before]),
@@ -142,7 +143,7 @@ def write_find_report(
         np.mean([r.exact.mean() for r in before]),
         np.mean([r.exact.mean() for r in after]),
     ]
-    lines.append("| **mean** | " + " | ".join(f"**{m:.3f}**" for m in means) + " |")
+    lines.append("| **mean** | " + " | ".join(f"**{fmt(m)}**" for m in means) + " |")
     for metric, (gain, low, high) in gains.items():
         lines.append(
             f"\n**{metric} gain**: {gain:+.3f} (95 % paired bootstrap CI [{low:+.3f}, {high:+.3f}])"

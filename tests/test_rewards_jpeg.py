@@ -43,3 +43,24 @@ def test_jpeg_scores_videos_per_frame_and_averages():
     scores, _ = make_reward(RewardConfig(name="jpeg_incompressibility"))(video, ["a"])
     frames, _ = make_reward(RewardConfig(name="jpeg_incompressibility"))(video[0], ["a"] * 3)
     assert scores.shape == (1,) and torch.allclose(scores, frames.mean().reshape(1))
+
+
+def test_a_reward_without_exact_match_trains_and_reports(tmp_path):
+    # the shapes reward's "exact" is one reward's extra metric: the loop and report do without
+    from find_ray.config import load_config
+    from find_ray.train import train_in_process
+
+    overrides = [
+        "model.backend=simulated",
+        "reward.name=jpeg_compressibility",
+        "train.prompts=[p one, p two]",
+        "train.samples_per_prompt=4",
+        "train.iterations=2",
+        "eval.samples_per_prompt=4",
+        "learner.loss.drcm_hidden=8",
+        f"train.out_dir={tmp_path}",
+    ]
+    train_in_process(load_config(None, overrides))
+    report = (tmp_path / "report.md").read_text()
+    assert "**scores gain**" in report and "exact gain" not in report
+    assert "| p one |" in report and "n/a" in report
