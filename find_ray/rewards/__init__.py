@@ -122,4 +122,14 @@ def check_prompts(cfg: RewardConfig, prompts: list[str]) -> None:
             parse_caption(prompt)
 
 
-from find_ray.rewards import brightness, clipscore, imagereward, jpeg, pickscore, shapes  # noqa: E402,F401  (register themselves)
+from find_ray.rewards import (  # noqa: E402,F401  (register themselves)
+    aesthetic,
+    brightness,
+    clipscore,
+    hpsv2,
+    imagereward,
+    jpeg,
+    pickscore,
+    shapes,
+    video_clip,
+)

@@ -14,8 +14,7 @@ import torch
 from find_ray.config import RewardConfig
 from find_ray.rewards import DifferentiableRewardFn, RewardFn, register, register_differentiable
 from find_ray.rewards.batching import Core, as_differentiable, as_reward
-from find_ray.rewards.open_clip_model import OpenClip, check_architecture, load_for
-from find_ray.rewards.weights import resolve_weights
+from find_ray.rewards.open_clip_model import OpenClip, check_tag, clip_weights, load_for
 
 ARCH = "ViT-L-14"
 TAG = "openai"
@@ -28,16 +27,16 @@ HOW = (
 )
 
 
-def clip_weights(cfg: RewardConfig, arch: str = ARCH, how: str = HOW) -> tuple[str, str]:
-    """(architecture, checkpoint file or "openai") of a CLIP-similarity reward; one-line
-    ConfigError / ModelPathError when unusable. Loads nothing."""
-    arch = cfg.model or arch
-    check_architecture(arch)
-    return arch, resolve_weights(cfg, TAG, how)
+def clip_model_weights(cfg: RewardConfig) -> tuple[str, str]:
+    """(architecture, checkpoint file or "openai"); one-line errors, loads nothing."""
+    arch, weights = clip_weights(cfg, ARCH, TAG, HOW)
+    if not cfg.weights_path:
+        check_tag(arch, weights, HOW)
+    return arch, weights
 
 
 def check_clipscore(cfg: RewardConfig) -> None:
-    clip_weights(cfg)
+    clip_model_weights(cfg)
 
 
 def clipscore_core(clip: OpenClip) -> Core:
@@ -49,7 +48,7 @@ def clipscore_core(clip: OpenClip) -> Core:
 
 
 def _core(cfg: RewardConfig) -> Core:
-    return clipscore_core(load_for(cfg, *clip_weights(cfg)))
+    return clipscore_core(load_for(cfg, *clip_model_weights(cfg)))
 
 
 @register("clipscore", check=check_clipscore)

@@ -17,6 +17,7 @@ import torch
 from find_ray.config import RewardConfig
 from find_ray.errors import ConfigError
 from find_ray.rewards.clip_pixels import clip_pixels
+from find_ray.rewards.weights import resolve_weights
 
 TEXT_CACHE = 4096  # prompts whose embeddings are kept (training prompts repeat a lot)
 EXAMPLES = ("ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-quickgelu", "ViT-H-14", "ViT-bigG-14")
@@ -32,6 +33,24 @@ def check_architecture(arch: str, key: str = "reward.model") -> None:
         raise ConfigError(
             f"config key {key!r}: unknown open_clip architecture {arch!r}; known include "
             f"{examples} (all {len(known)}: open_clip.list_models())"
+        )
+
+
+def clip_weights(cfg: RewardConfig, arch: str, default: str, how: str) -> tuple[str, str]:
+    """(architecture: `reward.model` or `arch`, weights: `reward.weights_path` or `default`);
+    one-line ConfigError / ModelPathError when unusable. Loads nothing."""
+    arch = cfg.model or arch
+    check_architecture(arch)
+    return arch, resolve_weights(cfg, default, how)
+
+
+def check_tag(arch: str, tag: str, how: str) -> None:
+    """One-line ConfigError unless open_clip knows pretrained weights `tag` for `arch`."""
+    import open_clip
+
+    if not open_clip.get_pretrained_cfg(arch, tag):
+        raise ConfigError(
+            f"config key 'reward.model': open_clip has no {tag!r} weights for {arch!r}; {how}"
         )
 
 
