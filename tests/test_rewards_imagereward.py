@@ -31,20 +31,20 @@ MED = dict(  # med_config.json's keys, tiny
     layer_norm_eps=1e-12,
     hidden_act="gelu",
     pad_token_id=0,
-    encoder_width=32,
+    encoder_width=128,
     add_cross_attention=True,
 )
-VISION = BlipVisionConfig(
-    hidden_size=32,
-    intermediate_size=64,
+VISION = BlipVisionConfig(  # wider than the text, as ViT-L (1024) is than BERT (768)
+    hidden_size=128,
+    intermediate_size=256,
     num_hidden_layers=1,
-    num_attention_heads=1,  # width // 64, at least 1, as vision_config infers
+    num_attention_heads=2,  # width // 64, as vision_config infers
     image_size=32,
     patch_size=16,
     layer_norm_eps=1e-6,
 )
 UNUSED = {  # in the real ImageReward.pt; the reward drops them
-    "blip.vision_proj.weight": torch.zeros(4, 32),
+    "blip.vision_proj.weight": torch.zeros(4, 128),
     "blip.text_proj.weight": torch.zeros(4, 32),
     "blip.text_encoder.embeddings.position_ids": torch.arange(40)[None],
 }
@@ -109,9 +109,9 @@ def test_vision_matches_timm_vit_loaded_from_the_original_names(tiny):
     vit = VisionTransformer(
         img_size=32,
         patch_size=16,
-        embed_dim=32,
+        embed_dim=128,
         depth=1,
-        num_heads=1,
+        num_heads=2,
         mlp_ratio=2,
         qkv_bias=True,
         norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
@@ -214,7 +214,7 @@ def test_wrong_checkpoint_is_one_line(tiny, tmp_path):
     folder = tmp_path / "wrong"
     folder.mkdir()
     (folder / "vocab.txt").write_text((tiny[0] / "vocab.txt").read_text())
-    torch.save({"blip.visual_encoder.cls_token": torch.zeros(1, 1, 32)}, folder / "ImageReward.pt")
+    torch.save({"blip.visual_encoder.cls_token": torch.zeros(1, 1, 128)}, folder / "ImageReward.pt")
     with pytest.raises(ModelPathError, match="not an ImageReward checkpoint") as err:
         make_reward(_cfg(folder))
     assert "\n" not in str(err.value)

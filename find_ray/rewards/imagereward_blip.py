@@ -133,6 +133,9 @@ def text_config(med: dict | None, encoder_width: int) -> BlipTextConfig:
         **values,
         encoder_hidden_size=encoder_width,
         is_decoder=True,  # builds the cross-attention layers; forward runs bidirectionally
+        bos_token_id=None,  # ids for generation, which ImageReward never does
+        eos_token_id=None,
+        sep_token_id=None,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
