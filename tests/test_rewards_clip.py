@@ -283,8 +283,9 @@ def test_registry_routes_by_name(tiny_clip, hps_checkpoint, head_file, images):
                 head.load_state_dict(torch.load(head_file, weights_only=True))
                 expected = aesthetic_core(clip, head)(images, PROMPTS)[0]
             else:
-                core = {"clipscore": clipscore_core, "hpsv2": hpsv2_core}.get(name, video_clip_core)
-                expected = core(clip)(images, PROMPTS)[0]
+                cores = {"clipscore": clipscore_core, "hpsv2": hpsv2_core}
+                core = cores[name](clip) if name in cores else video_clip_core(clip, 16)
+                expected = core(images, PROMPTS)[0]
         torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-5, msg=name)
 
 
@@ -320,7 +321,7 @@ def test_differentiable_forms(name, tiny_clip, hps_checkpoint, head_file, images
         head.load_state_dict(torch.load(head_file, weights_only=True))
         core = aesthetic_core(clip, head)
     else:
-        core = {"hpsv2": hpsv2_core, "video_clip": video_clip_core}[name](clip)
+        core = hpsv2_core(clip) if name == "hpsv2" else video_clip_core(clip, batch_size=3)
     score = as_differentiable(core, batch_size=1)
     shape = (2, 2, 3, 16, 12) if name == "video_clip" else (2, 3, 16, 12)
     x = torch.rand(shape, dtype=torch.float64, requires_grad=True)
