@@ -210,14 +210,31 @@ def test_check_errors_are_one_line_and_load_nothing(tiny, tmp_path, monkeypatch)
     check_reward(_cfg(bare, model=str(tiny[0])))
 
 
-def test_wrong_checkpoint_is_one_line(tiny, tmp_path):
+def _load_error(folder: Path) -> str:
+    with pytest.raises(ModelPathError) as err:
+        make_reward(_cfg(folder))
+    message = str(err.value)
+    assert "\n" not in message and str(folder) in message and "reward.weights_path" in message
+    return message
+
+
+def test_wrong_checkpoint_or_config_is_one_line(tiny, tmp_path):
     folder = tmp_path / "wrong"
     folder.mkdir()
     (folder / "vocab.txt").write_text((tiny[0] / "vocab.txt").read_text())
+    checkpoint = torch.load(tiny[0] / "ImageReward.pt", weights_only=True)
     torch.save({"blip.visual_encoder.cls_token": torch.zeros(1, 1, 128)}, folder / "ImageReward.pt")
-    with pytest.raises(ModelPathError, match="not an ImageReward checkpoint") as err:
-        make_reward(_cfg(folder))
-    assert "\n" not in str(err.value)
+    assert "not an ImageReward checkpoint" in _load_error(folder)
+
+    torch.save(
+        {**checkpoint, "blip.itm_head.weight": torch.zeros(2, 32)}, folder / "ImageReward.pt"
+    )
+    assert "unexpected keys ['blip.itm_head.weight']" in _load_error(folder)
+
+    torch.save(checkpoint, folder / "ImageReward.pt")
+    med = json.loads((tiny[0] / "med_config.json").read_text())
+    (folder / "med_config.json").write_text(json.dumps(dict(med, intermediate_size=48)))
+    assert "size mismatch for text.encoder.layer.0.intermediate" in _load_error(folder)
 
 
 def test_differentiable_form_gradcheck(tiny):

@@ -13,8 +13,9 @@ Where the weights come from:
   set (a folder or hub id), else the weights folder if it has vocab.txt, else (online)
   bert-base-uncased.
 
-Prompts are tokenised as ImageReward.score does (padding to 35, truncation; input_ids as the
-tokenizer gives them, [CLS] first). Pixels go through `clip_pixels` (bicubic resize to the
+Prompts are tokenised as ImageReward.score/score_gard do (padding to 35, truncation; input_ids
+as the tokenizer gives them, [CLS] first: unlike BLIP's ITM, ImageReward does not write [ENC]
+there). Pixels go through `clip_pixels` (bicubic resize to the
 ViT's image size, 224, centre crop, OpenAI mean/std: ImageReward's transform), so the
 differentiable form shares the code.
 """
