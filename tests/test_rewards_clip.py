@@ -130,6 +130,8 @@ def test_text_cache_is_bounded(tiny_clip, monkeypatch):
     for prompt in PROMPTS:
         clip.embed_texts([prompt])
     assert list(clip.texts) == ["two blue squares", "a cat", "a dog on a hill"]
+    both = clip.embed_texts(["a cat", "x", "y", "z"])  # an old prompt with more than fit
+    assert both.shape == (4, TINY_WIDTH) and list(clip.texts) == ["x", "y", "z"]
 
 
 def test_clipscore_differentiable(tiny_clip, images):

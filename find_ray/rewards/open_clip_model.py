@@ -23,7 +23,7 @@ TEXT_CACHE = 4096  # prompts whose embeddings are kept (training prompts repeat 
 EXAMPLES = ("ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-quickgelu", "ViT-H-14", "ViT-bigG-14")
 
 
-def check_architecture(arch: str, key: str = "reward.model") -> None:
+def check_architecture(arch: str) -> None:
     """One-line ConfigError unless `arch` is an open_clip architecture; loads nothing."""
     import open_clip
 
@@ -31,7 +31,7 @@ def check_architecture(arch: str, key: str = "reward.model") -> None:
     if arch not in known:
         examples = ", ".join(name for name in EXAMPLES if name in known)
         raise ConfigError(
-            f"config key {key!r}: unknown open_clip architecture {arch!r}; known include "
+            f"config key 'reward.model': unknown open_clip architecture {arch!r}; known include "
             f"{examples} (all {len(known)}: open_clip.list_models())"
         )
 
@@ -85,11 +85,12 @@ class OpenClip:
         """(B, D) L2-normalised text embeddings, computed once per distinct prompt."""
         new = [p for p in dict.fromkeys(prompts) if p not in self.texts]
         if new:
-            for old in list(self.texts)[: max(0, len(self.texts) + len(new) - TEXT_CACHE)]:
-                del self.texts[old]
             tokens = self.tokenizer(new).to(self.device)
             self.texts.update(zip(new, self.model.encode_text(tokens, normalize=True), strict=True))
-        return torch.stack([self.texts[p] for p in prompts])
+        embeds = torch.stack([self.texts[p] for p in prompts])
+        for old in list(self.texts)[: max(0, len(self.texts) - TEXT_CACHE)]:
+            del self.texts[old]  # the oldest first
+        return embeds
 
     def cosine(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """(B,) cosine similarity of each image with its prompt (differentiable in images)."""
