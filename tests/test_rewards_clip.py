@@ -225,8 +225,14 @@ def test_aesthetic_wrong_head_is_one_line(tiny_clip, tmp_path):
     _one_line(wrong, "reward.weights_path", "16-wide", "layers.0.weight")
 
 
-def test_aesthetic_backbone_checks(head_file, tiny_clip, tmp_path, monkeypatch):
+def test_aesthetic_checks(head_file, tiny_clip, tmp_path, monkeypatch):
     check_reward(_aesthetic_cfg(head_file, tiny_clip))
+    with pytest.raises(ModelPathError) as no_head:
+        check_reward(_aesthetic_cfg(tmp_path / "no-head.pth", tiny_clip))
+    _one_line(no_head, "reward.weights_path", "no-head.pth")
+    with pytest.raises(ConfigError) as unknown:
+        check_reward(RewardConfig(name="aesthetic", weights_path=str(head_file), model="X-1"))
+    _one_line(unknown, "reward.model", "'X-1'", "ViT-L-14")
     with pytest.raises(ModelPathError) as missing:
         check_reward(_aesthetic_cfg(head_file, tmp_path / "no-backbone.bin"))
     _one_line(missing, "reward.model", "no-backbone.bin", "ViT-L-14-quickgelu:")
@@ -237,6 +243,9 @@ def test_aesthetic_backbone_checks(head_file, tiny_clip, tmp_path, monkeypatch):
     with pytest.raises(ModelPathError) as offline:
         check_reward(RewardConfig(name="aesthetic", weights_path=str(head_file)))
     _one_line(offline, "reward.model", "HF_HUB_OFFLINE")
+    with pytest.raises(ModelPathError) as offline_head:
+        check_reward(RewardConfig(name="aesthetic", model=f"{TINY_ARCH}:{tiny_clip}"))
+    _one_line(offline_head, "reward.weights_path", "HF_HUB_OFFLINE", "linearMSE.pth")
 
 
 # ---------------------------------------------------------------- video_clip
@@ -328,3 +337,9 @@ def test_differentiable_forms(name, tiny_clip, hps_checkpoint, head_file, images
     shape = (2, 2, 3, 16, 12) if name == "video_clip" else (2, 3, 16, 12)
     x = torch.rand(shape, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda v: score(v, PROMPTS[:2]), (x,), fast_mode=True)
+
+
+def test_image_rewards_still_average_frames():
+    videos = torch.rand(2, 3, 3, 8, 8)
+    scores, _ = make_reward(RewardConfig(name="brightness"))(videos, ["a", "b"])
+    torch.testing.assert_close(scores, videos.flatten(2).mean(2).mean(1))
