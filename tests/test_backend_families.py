@@ -16,6 +16,7 @@ from find_ray.backends.pipeline import SDXLBackend, VideoBackend
 from find_ray.config import ModelConfig
 from find_ray.errors import ModelPathError
 from tests.tiny_pipelines import TINY, save_tiny
+from tests.tiny_rewards import tiny_reward
 
 PROMPTS = ["a red circle", "two blue squares"]
 SAMPLER = {  # family -> (steps, guidance): turbo is one step without guidance
@@ -219,7 +220,7 @@ TINY_RUN = [  # the shipped GPU config, shrunk to the tiny model on 2 CPU cores
     "model.width=0",
     "model.num_frames=2",
     "reward.device=cpu",
-    "reward.name=brightness",
+    "reward.dtype=float32",
     "ray.rollout_num_gpus=0",
     "ray.reward_num_gpus=0",
     "ray.rollout_num_cpus=0.5",
@@ -242,14 +243,18 @@ TINY_RUN = [  # the shipped GPU config, shrunk to the tiny model on 2 CPU cores
 @pytest.mark.ray
 @pytest.mark.parametrize("family", ["sd", "sdxl", "turbo", "t2v"])
 def test_find_updates_through_ray_on_each_family(ray_local, tiny, tmp_path, family, capsys, caplog):
-    """Two FIND updates on Ray from the shipped config, shrunk to the tiny model: the final
-    checkpoint, the run's policy and its metrics."""
+    """Two FIND updates on Ray from the shipped config, shrunk to the tiny model and scored by
+    the config's own reward (ImageReward, PickScore, CLIPScore, video CLIP) with tiny weights
+    in their real formats: the final checkpoint, the run's policy and its metrics."""
     from find_ray import cli
+    from find_ray.config import load_config
     from find_ray.policy import GaussianNoisePolicy
 
-    run = tmp_path / "run"
-    argv = ["train", "--config", f"configs/{CONFIGS[family]}.yaml", *TINY_RUN]
+    run, config = tmp_path / "run", f"configs/{CONFIGS[family]}.yaml"
+    argv = ["train", "--config", config, *TINY_RUN]
     argv += [f"model.path={tiny(family)}", f"model.steps={SAMPLER[family][0]}"]
+    reward = load_config(config).reward.name
+    argv += tiny_reward(reward, tmp_path / "reward")
     rc = cli.main([*argv, f"train.out_dir={run}"])
     err = capsys.readouterr().err
     assert rc == 0, f"{err}\n{caplog.text}"
@@ -260,4 +265,5 @@ def test_find_updates_through_ray_on_each_family(ray_local, tiny, tmp_path, fami
     assert all(torch.isfinite(p).all() for p in policy.parameters())
     assert torch.equal(GaussianNoisePolicy.load(run / "policy.safetensors").mu, policy.mu)
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["rollouts"]["stored"] == 2 * 2 * 4
+    assert metrics["rollouts"]["stored"] == 2 * 2 * 4  # every rollout scored by `reward`
+    assert load_config(run / "config.yaml").reward.name == reward

@@ -10,65 +10,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BlipVisionConfig
 
 from find_ray.config import RewardConfig
 from find_ray.errors import ModelPathError
 from find_ray.rewards import check_reward, make_differentiable_reward, make_reward
 from find_ray.rewards import imagereward_blip as blip
 from find_ray.rewards.clip_pixels import clip_pixels
-from find_ray.rewards.imagereward import ImageReward, load_tokenizer
+from find_ray.rewards.imagereward import ImageReward
+from tests.tiny_rewards import UNUSED, VISION, VOCAB, save_tiny_imagereward
 
 PROMPTS = ["two cats on the sofa", "a red dog", "two cats on the sofa", "blue", "a cat [ENC]"]
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-VOCAB = [*SPECIAL, "a", "cat", "dog", "red", "blue", "on", "the", "##s", "sofa", "two"]
-MED = dict(  # med_config.json's keys, tiny
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    max_position_embeddings=40,
-    layer_norm_eps=1e-12,
-    hidden_act="gelu",
-    pad_token_id=0,
-    encoder_width=128,
-    add_cross_attention=True,
-)
-VISION = BlipVisionConfig(  # wider than the text, as ViT-L (1024) is than BERT (768)
-    hidden_size=128,
-    intermediate_size=256,
-    num_hidden_layers=1,
-    num_attention_heads=2,  # width // 64, as vision_config infers
-    image_size=32,
-    patch_size=16,
-    layer_norm_eps=1e-6,
-)
-UNUSED = {  # in the real ImageReward.pt; the reward drops them
-    "blip.vision_proj.weight": torch.zeros(4, 128),
-    "blip.text_proj.weight": torch.zeros(4, 32),
-    "blip.text_encoder.embeddings.position_ids": torch.arange(40)[None],
-}
-
-
-def _randomise(model: torch.nn.Module) -> torch.nn.Module:
-    """Random weights everywhere (BlipVisionModel initialises near zero)."""
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, p.shape[-1] ** -0.5)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> tuple[Path, blip.ImageRewardModel, object]:
-    folder = tmp_path_factory.mktemp("imagereward")
-    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    tokenizer = load_tokenizer(str(folder))
-    med = dict(MED, vocab_size=len(tokenizer))
-    model = _randomise(blip.ImageRewardModel(VISION, blip.text_config(med, VISION.hidden_size)))
-    (folder / "med_config.json").write_text(json.dumps(med))
-    torch.save({**blip.to_original(model.state_dict()), **UNUSED}, folder / "ImageReward.pt")
-    return folder, model, tokenizer
+    return save_tiny_imagereward(tmp_path_factory.mktemp("imagereward"))
 
 
 def _cfg(folder: Path, **kw) -> RewardConfig:

@@ -7,43 +7,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import CLIPConfig, CLIPModel
+from transformers import CLIPModel
 
 from find_ray.config import RewardConfig
 from find_ray.errors import ModelPathError
 from find_ray.rewards import check_reward, make_differentiable_reward, make_reward
 from find_ray.rewards.clip_pixels import OPENAI_MEAN, OPENAI_STD
-from tests.tiny_pipelines import char_tokenizer
+from tests.tiny_rewards import save_tiny_pickscore
 
 PROMPTS = ["a red cube", "a blue ball", "a red cube", "two cats", "a blue ball"]
 
 
-def _tiny_clip(tokenizer) -> CLIPModel:
-    layer = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
-    config = CLIPConfig(
-        text_config=dict(
-            layer,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=tokenizer.model_max_length,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ),
-        vision_config=dict(layer, image_size=32, patch_size=16),
-        projection_dim=8,
-    )
-    torch.manual_seed(0)
-    return CLIPModel(config).eval()
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> tuple[Path, CLIPModel, object]:
-    folder = tmp_path_factory.mktemp("pickscore")
-    tokenizer = char_tokenizer(folder)
-    model = _tiny_clip(tokenizer)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder, model, tokenizer
+    return save_tiny_pickscore(tmp_path_factory.mktemp("pickscore"))
 
 
 def _cfg(folder: Path, **kw) -> RewardConfig:

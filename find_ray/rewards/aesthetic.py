@@ -64,7 +64,7 @@ class AestheticHead(nn.Module):
 def backbone(cfg: RewardConfig) -> tuple[str, str]:
     """(architecture, checkpoint file or "openai") from `reward.model`; one-line errors."""
     arch, _, file = (cfg.model or ARCH).partition(":")
-    check_architecture(arch)
+    arch = check_architecture(arch)
     if file:
         path = Path(file).expanduser()
         if not path.is_file():

@@ -1,6 +1,7 @@
 """One open_clip model, loaded once, that embeds images and prompts (shared by the CLIP rewards).
 
-The architecture is an open_clip name (`open_clip.list_models()`); the weights a local
+The architecture is an open_clip name (`open_clip.list_models()`) or the path of a model-config
+JSON (a custom architecture, registered under its file stem); the weights a local
 checkpoint file (open_clip's `pretrained=PATH`: a state dict, or `{'state_dict': ...}` as
 HPSv2 saves it) or, online, a pretrained tag such as "openai". Images go through our
 differentiable `clip_pixels` at the model's image size with its mean/std, so scores and
@@ -12,10 +13,12 @@ file name the `-quickgelu` architecture (e.g. ViT-L-14-quickgelu).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from find_ray.config import RewardConfig
-from find_ray.errors import ConfigError
+from find_ray.errors import ConfigError, ModelPathError
 from find_ray.rewards.clip_pixels import clip_pixels
 from find_ray.rewards.weights import resolve_weights
 
@@ -23,25 +26,34 @@ TEXT_CACHE = 4096  # prompts whose embeddings are kept (training prompts repeat 
 EXAMPLES = ("ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-quickgelu", "ViT-H-14", "ViT-bigG-14")
 
 
-def check_architecture(arch: str) -> None:
-    """One-line ConfigError unless `arch` is an open_clip architecture; loads nothing."""
+def check_architecture(arch: str) -> str:
+    """The open_clip architecture name `arch` stands for; one-line error unless it is one.
+
+    `arch` may also be the path of an open_clip model-config JSON (a custom architecture): it
+    is registered with open_clip under its file stem. Loads no weights.
+    """
     import open_clip
 
+    if arch.endswith(".json"):
+        path = Path(arch).expanduser()
+        if not path.is_file():
+            raise ModelPathError(f"config key 'reward.model': no open_clip model config at {path}")
+        open_clip.add_model_config(path)
+        arch = path.stem
     known = open_clip.list_models()
     if arch not in known:
         examples = ", ".join(name for name in EXAMPLES if name in known)
         raise ConfigError(
             f"config key 'reward.model': unknown open_clip architecture {arch!r}; known include "
-            f"{examples} (all {len(known)}: open_clip.list_models())"
+            f"{examples} (all {len(known)}: open_clip.list_models()), or a model-config .json"
         )
+    return arch
 
 
 def clip_weights(cfg: RewardConfig, arch: str, default: str, how: str) -> tuple[str, str]:
     """(architecture: `reward.model` or `arch`, weights: `reward.weights_path` or `default`);
     one-line ConfigError / ModelPathError when unusable. Loads nothing."""
-    arch = cfg.model or arch
-    check_architecture(arch)
-    return arch, resolve_weights(cfg, default, how)
+    return check_architecture(cfg.model or arch), resolve_weights(cfg, default, how)
 
 
 def check_tag(arch: str, tag: str, how: str) -> None:
