@@ -267,3 +267,33 @@ def test_find_updates_through_ray_on_each_family(ray_local, tiny, tmp_path, fami
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["rollouts"]["stored"] == 2 * 2 * 4  # every rollout scored by `reward`
     assert load_config(run / "config.yaml").reward.name == reward
+
+
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        ("reward.weights_path=/nowhere/ImageReward.pt", "no weights at /nowhere/ImageReward.pt"),
+        ("reward.name=imagereword", "unknown reward 'imagereword'"),
+        ("model.family=sdxl", "model.family 'sdxl' but"),
+        ("model.path=/nowhere/sd15", "/nowhere/sd15"),
+    ],
+)
+def test_train_fails_in_one_line_before_any_actor(
+    tiny, tmp_path, override, says, capsys, monkeypatch
+):
+    """`find-ray train --config configs/sd15.yaml model.path=DIR` with a bad reward or model:
+    exit 2, one line naming it, and no Ray started (init is never called)."""
+    import ray
+
+    from find_ray import cli
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("ray.init called before the config was checked")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    argv = ["train", "--config", "configs/sd15.yaml", f"model.path={tiny('sd')}", override]
+    capsys.readouterr()  # the fixture's own output
+    assert cli.main([*argv, f"train.out_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and "\n" not in err, err
+    assert not (tmp_path / "run").exists()
