@@ -21,8 +21,8 @@ from find_ray.backends import make_backend
 from find_ray.config import EvalConfig, FindRayConfig, ModelConfig, RewardConfig
 from find_ray.evaluate import EvalJob, policy_transform, sample_eval_batch, score_eval_batch
 from find_ray.images import image_grid, to_uint8
-from find_ray.learner import Learner, LearnerConfig
-from find_ray.policy import GaussianNoisePolicy, Reduction
+from find_ray.learner import Learner, LearnerConfig, PolicyConfig
+from find_ray.policy import Reduction, policy_from_state
 from find_ray.rewards import make_reward
 from find_ray.rollout import RolloutWorker, score_rollouts
 from find_ray.store import PackedRollouts, pack_rollouts, unpack_rollouts
@@ -84,9 +84,7 @@ class RolloutActor:
         the reward actors score them (a reward model never loads in a rollout actor)."""
         transform = None
         if weights is not None:
-            policy = GaussianNoisePolicy(len(self.prompts), self.backend.latent_shape)
-            policy.load_state_dict(weights)
-            transform = policy_transform(policy)
+            transform = policy_transform(policy_from_state(weights))
         k, seed, size = cfg.samples_per_prompt, cfg.seed, cfg.batch_size
         return sample_eval_batch(self.backend, self.prompts, batch, n, k, seed, size, transform)
 
@@ -149,9 +147,10 @@ class LearnerActor:
         embeddings: Tensor,
         seed: int,
         torch_threads: int,
+        policy: PolicyConfig | None = None,
     ) -> None:
         torch.set_num_threads(torch_threads)
-        self.learner = Learner(cfg, latent_shape, embeddings, seed)
+        self.learner = Learner(cfg, latent_shape, embeddings, seed, policy)
         self.busy_s = 0.0  # time spent in add/update: learner utilisation = busy / wall
 
     def add(self, *batches: PackedRollouts) -> dict[str, Any]:
@@ -245,7 +244,7 @@ def start_actors(cfg: FindRayConfig, prompts: list[str]) -> Actors:
     learner = (
         ray.remote(LearnerActor)
         .options(**_options(r.learner_num_cpus, r.learner_num_gpus, 0))
-        .remote(cfg.learner, latent_shape, embeddings, cfg.train.seed, r.torch_threads)
+        .remote(cfg.learner, latent_shape, embeddings, cfg.train.seed, r.torch_threads, cfg.policy)
     )
     actors = Actors(rollout, reward, learner)
     wait_until_started(actors)

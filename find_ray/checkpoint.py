@@ -14,14 +14,7 @@ from typing import Any
 import torch
 
 from find_ray.errors import FindRayError
-from find_ray.policy import GaussianNoisePolicy
-
-
-def policy_from_state(policy_state: dict[str, torch.Tensor]) -> GaussianNoisePolicy:
-    mu = policy_state["mu"]
-    policy = GaussianNoisePolicy(mu.shape[0], tuple(mu.shape[1:]))
-    policy.load_state_dict(policy_state)
-    return policy
+from find_ray.policy import policy_from_state
 
 
 def save_checkpoint(path: Path, learner_state: dict[str, Any], meta: dict[str, Any]) -> None:

@@ -54,12 +54,22 @@ def cmd_sample(args) -> None:
 def cmd_eval(args) -> None:
     from dataclasses import asdict
 
+    if args.run:
+        from find_ray.run_eval import evaluate_run
+
+        print(f"report: {evaluate_run(args.run, args.suite, args.overrides, args.out)}")
+        return
+
     from find_ray.backends import make_backend
     from find_ray.evaluate import evaluate, markdown_table, write_report
     from find_ray.rewards import check_prompts, make_reward
     from find_ray.shapes.suites import load_suite
 
     cfg = _config(args)
+    if args.suite:
+        cfg.eval.suite = args.suite
+    if args.out:
+        cfg.eval.out_dir = args.out
     prompts = load_suite(cfg.eval.suite)
     check_prompts(cfg.reward, prompts)
     backend = make_backend(cfg.model)
@@ -135,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("eval", help="evaluate a prompt suite: markdown table + PNG grid")
+    p.add_argument(
+        "--run",
+        metavar="RUN_DIR",
+        help="compare this run's policy with the base on the same noise (its config is used)",
+    )
+    p.add_argument("--suite", help="train | heldout | a prompt file (--run default: its prompts)")
+    p.add_argument("--out", help="output folder (--run default: RUN_DIR/eval-SUITE)")
     _common(p)
     p.set_defaults(func=cmd_eval)
 

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from find_ray.errors import ConfigError
-from find_ray.learner import LearnerConfig
+from find_ray.learner import LearnerConfig, PolicyConfig
 from find_ray.shapes.settings import PretrainConfig
 
 SHAPES_MODEL = "shapes"  # alias of the model folder shipped inside the package
@@ -181,9 +181,17 @@ class FindRayConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+    def __post_init__(self) -> None:
+        _require(
+            self.policy.kind != "amortized" or self.learner.optimizer != "natural",
+            "learner.optimizer",
+            "the amortized policy trains with adamw or sgd (natural is the per-prompt Fisher)",
+        )
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None):

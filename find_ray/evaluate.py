@@ -19,7 +19,7 @@ from tqdm import tqdm
 from find_ray.backends import Backend
 from find_ray.config import EvalConfig
 from find_ray.images import image_grid, stack, to_uint8
-from find_ray.policy import GaussianNoisePolicy
+from find_ray.policy import NoisePolicy
 from find_ray.rewards import RewardFn
 
 # Maps (prompt index, standard-normal eps (k, *shape)) to z_T; the identity is the base policy.
@@ -39,6 +39,7 @@ class PromptResult:
     exact: np.ndarray
     colours_present: np.ndarray
     images: list[np.ndarray] = field(repr=False)  # the first grid_samples images
+    diversity: float = math.nan  # mean pairwise distance of the k images (see `diversity`)
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -46,6 +47,7 @@ class PromptResult:
             "exact": float(self.exact.mean()),
             "colours_present": float(self.colours_present.mean()),
             "best_of_k_exact": float(self.exact.max()),
+            "diversity": self.diversity,
         }
 
 
@@ -77,6 +79,31 @@ def sample_eval_batch(
     return backend.generate(z, [prompts[i] for i, _ in batch], seed=seed + n * batch_size)
 
 
+DIVERSITY_SIZE = 32  # images are compared at (at most) this many pixels a side
+
+
+def diversity_features(images: torch.Tensor) -> np.ndarray:
+    """Small float16 copies of images (B, 3, H, W) (or video frames (B, F, 3, H, W)), area-
+    downsampled to at most DIVERSITY_SIZE pixels a side: what `diversity` compares."""
+    flat = images.detach().float().flatten(0, -4) if images.dim() == 5 else images.float()
+    h, w = flat.shape[-2:]
+    if max(h, w) > DIVERSITY_SIZE:
+        scale = DIVERSITY_SIZE / max(h, w)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        flat = torch.nn.functional.interpolate(flat, size=size, mode="area")
+    return flat.reshape(images.shape[0], -1).cpu().numpy().astype(np.float16)
+
+
+def diversity(features: np.ndarray) -> float:
+    """Mean pairwise RMS pixel distance between the k images of one prompt (k, D): 0 when
+    every image is the same; a policy that collapses to one image shows as a drop."""
+    x = torch.from_numpy(features.astype(np.float32))
+    if len(x) < 2:
+        return math.nan
+    d = torch.cdist(x, x) / math.sqrt(x.shape[1])
+    return float(d.sum() / (len(x) * (len(x) - 1)))
+
+
 def grid_rows(batch: list[EvalJob], grid_samples: int) -> list[int]:
     """Rows of a batch whose images go into the grids: each prompt's first samples."""
     return [row for row, (_, j) in enumerate(batch) if j < grid_samples]
@@ -101,12 +128,20 @@ class EvalCollector:
         self.exact = np.zeros((len(prompts), k))
         self.colours = np.zeros((len(prompts), k))
         self.images: dict[EvalJob, np.ndarray] = {}
+        self.features: dict[EvalJob, np.ndarray] = {}
 
     def add(
-        self, batch: list[EvalJob], scores: torch.Tensor, info: dict, thumbnails: np.ndarray
+        self,
+        batch: list[EvalJob],
+        scores: torch.Tensor,
+        info: dict,
+        thumbnails: np.ndarray,
+        features: np.ndarray,
     ) -> None:
-        """`thumbnails`: uint8 images of the batch's `grid_rows`, in that order."""
+        """`thumbnails`: uint8 images of the batch's `grid_rows`, in that order; `features`:
+        `diversity_features` of every image of the batch."""
         for n, (i, j) in enumerate(batch):
+            self.features[i, j] = features[n]
             self.scores[i, j] = float(scores[n])
             self.exact[i, j] = info_value(info, "exact", n)
             self.colours[i, j] = info_value(info, "colours_present", n)
@@ -121,6 +156,7 @@ class EvalCollector:
                 self.exact[i],
                 self.colours[i],
                 [self.images[i, j] for j in range(self.grid_samples) if (i, j) in self.images],
+                diversity(np.stack([self.features[i, j] for j in range(self.scores.shape[1])])),
             )
             for i, prompt in enumerate(self.prompts)
         ]
@@ -128,10 +164,11 @@ class EvalCollector:
 
 def score_eval_batch(
     reward: RewardFn, images: torch.Tensor, prompts: list[str], rows: list[int]
-) -> tuple[torch.Tensor, dict, np.ndarray]:
-    """The reward of an eval batch and the uint8 thumbnails of `rows` (see grid_rows)."""
+) -> tuple[torch.Tensor, dict, np.ndarray, np.ndarray]:
+    """The reward of an eval batch, the uint8 thumbnails of `rows` (see grid_rows) and the
+    diversity features of every image."""
     scores, info = reward(images, prompts)
-    return scores, info, to_uint8(images[rows])
+    return scores, info, to_uint8(images[rows]), diversity_features(images)
 
 
 def evaluate(
@@ -156,7 +193,7 @@ def evaluate(
     return collector.results()
 
 
-def policy_transform(policy: GaussianNoisePolicy) -> NoiseTransform:
+def policy_transform(policy: NoisePolicy) -> NoiseTransform:
     """Maps eval noise eps to z = mu_c + sigma_c * eps (reparameterised: paired with the base)."""
 
     def transform(prompt_index: int, eps: torch.Tensor) -> torch.Tensor:
@@ -172,7 +209,7 @@ def evaluate_policy(
     reward: RewardFn,
     prompts: list[str],
     cfg: EvalConfig,
-    policy: GaussianNoisePolicy | None = None,
+    policy: NoisePolicy | None = None,
 ) -> list[PromptResult]:
     """The eval suite under a trained policy (None: the base N(0, I)), on the eval seeds."""
     transform = policy_transform(policy) if policy is not None else None

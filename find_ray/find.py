@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from find_ray.policy import GaussianNoisePolicy, Reduction, initial_log_prob
+from find_ray.policy import NoisePolicy, Reduction, initial_log_prob
 
 SurrogateForm = Literal["ppo", "clamp"]
 RatioReference = Literal["behaviour", "initial"]
@@ -146,7 +146,7 @@ def advantage_variance_report(rewards: Tensor, advantages: Tensor) -> dict[str, 
 
 
 def policy_loss(
-    policy: GaussianNoisePolicy,
+    policy: NoisePolicy,
     z: Tensor,
     prompt_ids: Tensor,
     behaviour_logp: Tensor,

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from find_ray.amortized import AmortizedNoisePolicy
 from find_ray.find import (
     DRCM,
     FindLossConfig,
@@ -20,7 +21,7 @@ from find_ray.find import (
     calibration_step,
     policy_loss,
 )
-from find_ray.policy import GaussianNoisePolicy, diagonal_gaussian_kl
+from find_ray.policy import GaussianNoisePolicy, NoisePolicy, diagonal_gaussian_kl
 from find_ray.store import Rollout, RolloutStore, stack_rollouts
 from find_ray.trust_region import parameters_of, trust_region_
 
@@ -29,11 +30,28 @@ MIN_SLOPE = 0.1
 
 
 @dataclass
+class PolicyConfig:
+    """Which noise policy the learner trains (`policy.*` in a config)."""
+
+    kind: Literal["per_prompt", "amortized"] = "per_prompt"  # amortized: mu, sigma from e_c
+    hidden: int = 256  # amortized: MLP width
+    grid: int = 8  # amortized: the low-resolution map's size before the learned upsampling
+
+    def __post_init__(self) -> None:
+        from find_ray.errors import ConfigError
+
+        if self.hidden < 1 or self.grid < 1:
+            raise ConfigError("config keys 'policy.hidden', 'policy.grid': must be >= 1")
+
+
+@dataclass
 class LearnerConfig:
     optimizer: Optimizer = "natural"  # natural: SGD on the Fisher-preconditioned gradient
     epochs: int = 4  # passes over the stored rollouts per update
     minibatch_size: int = 64
-    baseline: Literal["drcm", "none"] = "drcm"  # none: A = r (the no-DRCM ablation)
+    # drcm: A = r - g(mu, sigma, e_c); prompt_mean: A = r - the prompt's mean stored reward
+    # (a running mean over the store's window); none: A = r (the no-baseline ablation)
+    baseline: Literal["drcm", "prompt_mean", "none"] = "drcm"
     drcm_steps: int = 20  # DRCM MSE steps on the stored rollouts before each policy update
     drcm_pool: int = 0  # average-pool mu/sigma to pool x pool before the DRCM (0: no pooling)
     learn_sigma: bool = True
@@ -58,6 +76,34 @@ class LearnerConfig:
             )
         if self.target_kl < 0:
             raise ConfigError("config key 'learner.target_kl': must be >= 0 (0 turns it off)")
+
+
+def per_prompt_mean(rewards: Tensor, prompt_ids: Tensor, num_prompts: int) -> Tensor:
+    """(num_prompts,) mean reward of each prompt's rollouts (0 for a prompt with none)."""
+    total = torch.zeros(num_prompts, dtype=rewards.dtype).index_add_(0, prompt_ids, rewards)
+    count = torch.zeros(num_prompts, dtype=rewards.dtype).index_add_(
+        0, prompt_ids, torch.ones_like(rewards)
+    )
+    return total / count.clamp_min(1)
+
+
+def make_policy(
+    cfg: PolicyConfig, learner: LearnerConfig, latent_shape: tuple[int, ...], embeddings: Tensor
+) -> NoisePolicy:
+    """The policy at initialisation, N(0, I) for every prompt, of the configured kind."""
+    bounds = (learner.sigma_min, learner.sigma_max)
+    if cfg.kind == "amortized":
+        if learner.optimizer == "natural":
+            from find_ray.errors import ConfigError
+
+            raise ConfigError(
+                "config key 'learner.optimizer': the amortized policy trains with adamw or sgd "
+                "(the natural gradient here is the per-prompt Gaussian's Fisher)"
+            )
+        return AmortizedNoisePolicy(
+            embeddings, latent_shape, bounds, cfg.hidden, cfg.grid, learner.learn_sigma
+        )
+    return GaussianNoisePolicy(embeddings.shape[0], latent_shape, bounds)
 
 
 def natural_gradient_(policy: GaussianNoisePolicy, reduction: str) -> None:
@@ -88,13 +134,16 @@ class Learner:
         latent_shape: tuple[int, ...],
         prompt_embeddings: Tensor,
         seed: int = 0,
+        policy: PolicyConfig | None = None,
     ) -> None:
         torch.manual_seed(seed)
         self.cfg = cfg
         self.prompt_embeddings = prompt_embeddings.float()
-        num_prompts = prompt_embeddings.shape[0]
-        self.policy = GaussianNoisePolicy(num_prompts, latent_shape, (cfg.sigma_min, cfg.sigma_max))
-        self.policy.log_sigma.requires_grad_(cfg.learn_sigma)
+        self.policy = make_policy(
+            policy or PolicyConfig(), cfg, latent_shape, self.prompt_embeddings
+        )
+        if isinstance(self.policy, GaussianNoisePolicy):
+            self.policy.log_sigma.requires_grad_(cfg.learn_sigma)
         self.drcm = DRCM(
             latent_shape, prompt_embeddings.shape[1], cfg.loss.drcm_hidden, cfg.drcm_pool or None
         )
@@ -128,8 +177,11 @@ class Learner:
         with torch.no_grad():
             mu, sigma = self.policy.mean_std(torch.arange(self.policy.num_prompts))
         use_drcm = self.cfg.baseline == "drcm"
+        prompt_mean = per_prompt_mean(held.reward, pid, self.policy.num_prompts)
 
         def advantage(ids: Tensor, reward: Tensor) -> Tensor:
+            if self.cfg.baseline == "prompt_mean":
+                return reward - prompt_mean[ids]
             if not use_drcm:
                 return reward
             return advantages(self.drcm, mu[ids], sigma[ids], emb[ids], reward)

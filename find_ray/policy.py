@@ -70,19 +70,17 @@ def bounded_log_sigma(raw: Tensor, sigma_min: float, sigma_max: float) -> Tensor
     return h * torch.tanh(raw / h)
 
 
-class GaussianNoisePolicy(nn.Module):
-    """Per-prompt diagonal Gaussian N(mu_c, diag(sigma_c^2)) over a latent of shape ``shape``.
-
-    Initialised at pi_0 = N(0, I): mu = 0, log_sigma = 0. sigma = exp(bounded_log_sigma(
-    log_sigma)) stays in ``sigma_range`` (a buffer, so it travels with the weights);
-    (SIGMA_MIN, inf) is the unbounded exp parametrisation.
+class NoisePolicy(nn.Module):
+    """A diagonal Gaussian noise policy pi(z_T | c) = N(mu_c, diag(sigma_c^2)), c a training
+    prompt index; subclasses define `mean_std`. sigma stays in ``sigma_range`` (a buffer, so it
+    travels with the weights); (SIGMA_MIN, inf) is the unbounded exp parametrisation.
     """
 
+    kind = ""  # written into saved files; `load_policy` dispatches on it
+    independent_prompts = True  # each prompt has its own parameters (rows of dim 0)
+
     def __init__(
-        self,
-        num_prompts: int,
-        shape: tuple[int, ...] | list[int],
-        sigma_range: tuple[float, float] = (SIGMA_MIN, math.inf),
+        self, num_prompts: int, shape: tuple[int, ...] | list[int], sigma_range: tuple[float, float]
     ) -> None:
         super().__init__()
         lo, hi = sigma_range
@@ -90,8 +88,6 @@ class GaussianNoisePolicy(nn.Module):
             raise ValueError(f"sigma_range must hold 0 < min < 1 < max, got {sigma_range}")
         self.num_prompts = int(num_prompts)
         self.shape = tuple(int(s) for s in shape)
-        self.mu = nn.Parameter(torch.zeros(self.num_prompts, *self.shape))
-        self.log_sigma = nn.Parameter(torch.zeros(self.num_prompts, *self.shape))
         self.register_buffer("sigma_range", torch.tensor([float(lo), float(hi)]))
         self.register_load_state_dict_pre_hook(_unbounded_if_missing)
 
@@ -100,18 +96,8 @@ class GaussianNoisePolicy(nn.Module):
         return lo, hi
 
     def mean_std(self, prompt_ids: Tensor) -> tuple[Tensor, Tensor]:
-        """(mu, sigma) of the given prompts, each (B, *shape)."""
-        return self.mu[prompt_ids], bounded_log_sigma(
-            self.log_sigma[prompt_ids], *self.bounds()
-        ).exp()
-
-    def log_sigma_slope(self) -> Tensor:
-        """d log sigma / d log_sigma for every parameter (1 where unbounded), detached."""
-        with torch.no_grad():
-            raw = self.log_sigma.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            (slope,) = torch.autograd.grad(bounded_log_sigma(raw, *self.bounds()).sum(), raw)
-        return slope
+        """(mu, sigma) of the given training prompts, each (B, *shape)."""
+        raise NotImplementedError
 
     @torch.no_grad()
     def sample(self, prompt_ids: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -141,14 +127,17 @@ class GaussianNoisePolicy(nn.Module):
         mu, sigma = self.mean_std(prompt_ids)
         return (mu**2 + (sigma - 1.0) ** 2).mean()
 
+    def metadata(self) -> dict[str, str]:
+        """What `load_policy` needs beyond the tensors to rebuild this policy."""
+        return {"num_prompts": str(self.num_prompts), "shape": json.dumps(list(self.shape))}
+
     def save(
         self, path: str | Path, version: int | None = None, prompts: list[str] | None = None
     ) -> None:
-        """Write parameters to a safetensors file; shape and num_prompts go in its metadata,
-        and so do the learner version and the prompts (in policy order) when given."""
+        """Write parameters to a safetensors file, with the kind and shape in its metadata and
+        the learner version and the prompts (in policy order) when given."""
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        meta = {"kind": "gaussian", "num_prompts": str(self.num_prompts)}
-        meta["shape"] = json.dumps(list(self.shape))
+        meta = {"kind": self.kind, **self.metadata()}
         if version is not None:
             meta["version"] = str(int(version))
         if prompts is not None:
@@ -158,14 +147,77 @@ class GaussianNoisePolicy(nn.Module):
         save_file(tensors, str(path), metadata=meta)
 
     @classmethod
-    def load(cls, path: str | Path) -> GaussianNoisePolicy:
-        """Rebuild a policy written by ``save``."""
+    def load(cls, path: str | Path) -> NoisePolicy:
+        """Rebuild a policy written by ``save`` (of this class)."""
         meta = read_policy_metadata(path)
-        if meta.get("kind") != "gaussian":
-            raise ValueError(f"{path} is not a GaussianNoisePolicy file (metadata {meta})")
-        policy = cls(int(meta["num_prompts"]), json.loads(meta["shape"]))
-        policy.load_state_dict(load_file(str(path)))
+        if meta.get("kind") != cls.kind:
+            raise ValueError(f"{path} is not a {cls.__name__} file (metadata {meta})")
+        return cls.from_state(load_file(str(path)))
+
+    @classmethod
+    def from_state(cls, state: dict[str, Tensor]) -> NoisePolicy:
+        """Rebuild a policy from its state dict alone."""
+        raise NotImplementedError
+
+
+class GaussianNoisePolicy(NoisePolicy):
+    """Per-prompt diagonal Gaussian N(mu_c, diag(sigma_c^2)) over a latent of shape ``shape``.
+
+    Initialised at pi_0 = N(0, I): mu = 0, log_sigma = 0; sigma = exp(bounded_log_sigma(
+    log_sigma)).
+    """
+
+    kind = "gaussian"
+
+    def __init__(
+        self,
+        num_prompts: int,
+        shape: tuple[int, ...] | list[int],
+        sigma_range: tuple[float, float] = (SIGMA_MIN, math.inf),
+    ) -> None:
+        super().__init__(num_prompts, shape, sigma_range)
+        self.mu = nn.Parameter(torch.zeros(self.num_prompts, *self.shape))
+        self.log_sigma = nn.Parameter(torch.zeros(self.num_prompts, *self.shape))
+
+    def mean_std(self, prompt_ids: Tensor) -> tuple[Tensor, Tensor]:
+        return self.mu[prompt_ids], bounded_log_sigma(
+            self.log_sigma[prompt_ids], *self.bounds()
+        ).exp()
+
+    def log_sigma_slope(self) -> Tensor:
+        """d log sigma / d log_sigma for every parameter (1 where unbounded), detached."""
+        with torch.no_grad():
+            raw = self.log_sigma.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            (slope,) = torch.autograd.grad(bounded_log_sigma(raw, *self.bounds()).sum(), raw)
+        return slope
+
+    @classmethod
+    def from_state(cls, state: dict[str, Tensor]) -> GaussianNoisePolicy:
+        mu = state["mu"]
+        policy = cls(mu.shape[0], tuple(mu.shape[1:]))
+        policy.load_state_dict(state)
         return policy
+
+
+def policy_from_state(state: dict[str, Tensor]) -> NoisePolicy:
+    """A per-prompt or amortized policy rebuilt from its state dict (weights travel this way)."""
+    from find_ray.amortized import AmortizedNoisePolicy
+
+    return (AmortizedNoisePolicy if "embeddings" in state else GaussianNoisePolicy).from_state(
+        state
+    )
+
+
+def load_policy(path: str | Path) -> NoisePolicy:
+    """The policy in a file written by ``NoisePolicy.save``, whichever its kind."""
+    from find_ray.amortized import AmortizedNoisePolicy
+
+    kinds = {cls.kind: cls for cls in (GaussianNoisePolicy, AmortizedNoisePolicy)}
+    kind = read_policy_metadata(path).get("kind")
+    if kind not in kinds:
+        raise ValueError(f"{path}: unknown policy kind {kind!r} (known: {', '.join(kinds)})")
+    return kinds[kind].load(path)
 
 
 def _unbounded_if_missing(module, state_dict, prefix, *args) -> None:

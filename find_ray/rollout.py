@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from find_ray.backends import Backend
-from find_ray.policy import GaussianNoisePolicy, Reduction
+from find_ray.policy import GaussianNoisePolicy, Reduction, policy_from_state
 from find_ray.rewards import RewardFn
 from find_ray.store import Rollout
 
@@ -53,7 +53,7 @@ class RolloutWorker:
         self.seed = seed
 
     def set_weights(self, weights: dict[str, Tensor], version: int) -> None:
-        self.policy.load_state_dict(weights)
+        self.policy = policy_from_state(weights)  # per-prompt or amortized, as the learner's
         self.version = version
 
     @torch.no_grad()

@@ -8,22 +8,49 @@ moment). The newest of these by learner version is the run's policy.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from torch import Tensor
+
+from find_ray.amortized import AmortizedNoisePolicy
 from find_ray.config import FindRayConfig, load_config
 from find_ray.errors import FindRayError, ModelPathError
-from find_ray.policy import GaussianNoisePolicy, read_policy_metadata
+from find_ray.policy import NoisePolicy, load_policy, read_policy_metadata
 
 POLICY_FILES = ("policy.safetensors", "checkpoint/policy.safetensors")
 
 
 @dataclass
 class RunPolicy:
-    policy: GaussianNoisePolicy
-    prompts: list[str]  # policy row i belongs to prompts[i]
+    policy: NoisePolicy
+    prompts: list[str]  # the training prompts: policy row i belongs to prompts[i]
     version: int  # learner updates behind it
     path: Path
+
+    @property
+    def amortized(self) -> bool:
+        return isinstance(self.policy, AmortizedNoisePolicy)
+
+    def covers(self, prompt: str) -> bool:
+        """Whether the policy has a distribution for `prompt`: an amortized one for any
+        prompt, a per-prompt one for its training prompts only."""
+        return self.amortized or prompt in self.prompts
+
+    @torch.no_grad()
+    def mean_std(
+        self, prompts: list[str], encode: Callable[[list[str]], Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """(mu, sigma), each (B, *shape), of prompts it covers; `encode` is the backend's
+        `encode_prompts` (the amortized policy's input)."""
+        if self.amortized:
+            return self.policy.mean_std_of(encode(prompts))
+        missing = [p for p in prompts if p not in self.prompts]
+        if missing:
+            raise ValueError(f"no trained policy for {missing}")
+        return self.policy.mean_std(torch.tensor([self.prompts.index(p) for p in prompts]))
 
 
 def read_run_config(run_dir: str | Path) -> FindRayConfig:
@@ -83,7 +110,7 @@ def load_run_policy(run_dir: str | Path, prompts: list[str] | None = None) -> Ru
     for path in found:
         try:
             meta = read_policy_metadata(path)
-            policy = GaussianNoisePolicy.load(path)
+            policy = load_policy(path)
             names = json.loads(meta["prompts"]) if "prompts" in meta else prompts
             version = policy_version(path)
         except Exception as e:  # safetensors raises its own types for a damaged file

@@ -52,7 +52,11 @@ def train_in_process(cfg: FindRayConfig) -> TrainResult:
     backend = make_backend(cfg.model)
     reward = make_reward(cfg.reward)
     learner = Learner(
-        cfg.learner, backend.latent_shape, backend.encode_prompts(prompts), cfg.train.seed
+        cfg.learner,
+        backend.latent_shape,
+        backend.encode_prompts(prompts),
+        cfg.train.seed,
+        cfg.policy,
     )
     worker = RolloutWorker(
         backend,
@@ -105,6 +109,9 @@ def reward_metrics(rewards: list[float], prompt_ids: list[int]) -> dict[str, flo
     return metrics
 
 
+MEANS = ("score_before", "score_after", "exact_before", "exact_after")
+
+
 def write_find_report(
     cfg: FindRayConfig,
     prompts: list[str],
@@ -113,8 +120,10 @@ def write_find_report(
     out: Path,
     sections: list[str] = (),
     extra: dict | None = None,
+    header: list[str] | None = None,
 ) -> tuple[Path, dict[str, tuple[float, float, float]]]:
-    """Base vs trained policy on the same eval seeds: table, paired bootstrap CIs, grids."""
+    """Base vs trained policy on the same eval seeds: table, paired bootstrap CIs, image
+    diversity, grids. `header` replaces the training run's title and description."""
     e = cfg.eval
     gains = {
         metric: paired_bootstrap_ci(_matrix(before, metric), _matrix(after, metric))
@@ -122,12 +131,20 @@ def write_find_report(
         if np.isfinite(_matrix(before, metric)).all()  # rewards without "exact" skip it
     }
     stack([suite_grid(before), suite_grid(after)]).save(out / "before_after.png")
-    lines = [
+    header = header or [
         "# FIND run",
         "",
         f"{len(prompts)} prompts, {cfg.train.iterations} iterations x "
         f"{cfg.train.samples_per_prompt} samples per prompt; evaluated with "
         f"{e.samples_per_prompt} samples per prompt on seed {e.seed} (same noise before/after).",
+    ]
+    diversity = {
+        "base": float(np.mean([r.diversity for r in before])),
+        "trained": float(np.mean([r.diversity for r in after])),
+    }
+    diversity["ratio"] = diversity["trained"] / diversity["base"]
+    lines = [
+        *header,
         "",
         "| prompt | score before | score after | exact before | exact after |",
         "|---|---:|---:|---:|---:|",
@@ -138,23 +155,36 @@ def write_find_report(
             f"{fmt(b.exact.mean())} | {fmt(a.exact.mean())} |"
         )
     means = [
-        np.mean([r.scores.mean() for r in before]),
-        np.mean([r.scores.mean() for r in after]),
-        np.mean([r.exact.mean() for r in before]),
-        np.mean([r.exact.mean() for r in after]),
+        float(np.mean([r.scores.mean() for r in before])),
+        float(np.mean([r.scores.mean() for r in after])),
+        float(np.mean([r.exact.mean() for r in before])),
+        float(np.mean([r.exact.mean() for r in after])),
     ]
     lines.append("| **mean** | " + " | ".join(f"**{fmt(m)}**" for m in means) + " |")
     for metric, (gain, low, high) in gains.items():
         lines.append(
             f"\n**{metric} gain**: {gain:+.3f} (95 % paired bootstrap CI [{low:+.3f}, {high:+.3f}])"
         )
+    lines.append(
+        f"\n**Diversity** (mean pairwise RMS distance of a prompt's {e.samples_per_prompt} "
+        f"images): base {diversity['base']:.3f}, trained {diversity['trained']:.3f}, "
+        f"ratio {diversity['ratio']:.2f}"
+    )
     lines += [*sections]
     lines += ["", "Top: base policy; bottom: trained policy.", "", "![](before_after.png)", ""]
     (out / "report.md").write_text("\n".join(lines))
     summary = {m: dict(zip(("gain", "low", "high"), g, strict=True)) for m, g in gains.items()}
     (out / "metrics.json").write_text(
         json.dumps(
-            {"gains": summary, "eval": asdict(e), "prompts": prompts, **(extra or {})}, indent=2
+            {
+                "gains": summary,
+                "means": dict(zip(MEANS, means, strict=True)),
+                "diversity": diversity,
+                "eval": asdict(e),
+                "prompts": prompts,
+                **(extra or {}),
+            },
+            indent=2,
         )
         + "\n"
     )

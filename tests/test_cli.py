@@ -4,7 +4,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
+
+from find_ray import cli
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -75,3 +78,44 @@ def test_eval_writes_report_table_and_grid(tiny_shapes_dir, tmp_path):
     assert 0.0 <= metrics["summary"]["mean_score"] <= 1.0
     assert "| a red circle |" in (out / "report.md").read_text()
     assert (out / "grid.png").is_file()
+
+
+@pytest.mark.parametrize("kind", ["per_prompt", "amortized"])
+def test_eval_run_compares_a_runs_policy_on_another_suite(tiny_shapes_dir, tmp_path, kind):
+    """`find-ray eval --run RUN --suite FILE`: a per-prompt run falls back to the base for a
+    prompt it never trained (and says so); an amortized run generates for it."""
+    run = tmp_path / "run"
+    train = [
+        "train",
+        "--no-ray",
+        f"policy.kind={kind}",
+        f"model.path={tiny_shapes_dir}",
+        "model.steps=2",
+        "train.prompts=[a red circle,two blue squares]",
+        "train.iterations=2",
+        "train.samples_per_prompt=4",
+        "train.rollout_batch_size=8",
+        "eval.samples_per_prompt=2",
+        "learner.optimizer=adamw",
+        "learner.loss.policy_lr=0.05",
+        "learner.loss.drcm_hidden=8",
+        f"train.out_dir={run}",
+    ]
+    assert cli.main(train) == 0
+    suite = tmp_path / "unseen.txt"
+    suite.write_text("a red circle\nthree green triangles\n")
+    result = run_cli("eval", "--run", str(run), "--suite", str(suite), "eval.samples_per_prompt=3")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((run / "eval-unseen" / "metrics.json").read_text())
+    assert metrics["prompts"] == ["a red circle", "three green triangles"]
+    assert metrics["policy_kind"] == kind.replace("_", "-")
+    assert metrics["diversity"]["ratio"] > 0 and "scores" in metrics["gains"]
+    report = (run / "eval-unseen" / "report.md").read_text()
+    if kind == "per_prompt":
+        assert metrics["base_only"] == ["three green triangles"]
+        assert "1 of 2 prompts have no trained policy" in result.stdout
+        assert "sampled from the base: three green triangles" in report
+        assert len(metrics["kl_to_prior"]) == 1
+    else:
+        assert metrics["base_only"] == [] and "no trained policy" not in result.stdout
+        assert len(metrics["kl_to_prior"]) == 2 and min(metrics["kl_to_prior"]) > 0

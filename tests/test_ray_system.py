@@ -22,7 +22,7 @@ from find_ray.checkpoint import load_checkpoint
 from find_ray.config import load_config
 from find_ray.driver import RayTrainer, resume_config
 from find_ray.errors import FindRayError
-from find_ray.policy import GaussianNoisePolicy
+from find_ray.policy import GaussianNoisePolicy, load_policy
 from find_ray.train import train_in_process
 
 pytestmark = pytest.mark.ray
@@ -58,8 +58,10 @@ def finite_policy(run_dir) -> bool:
     return all(torch.isfinite(p).all() for p in policy.parameters())
 
 
-def test_sync_ray_run_learns_like_the_in_process_loop(ray_local, tiny_shapes_dir, tmp_path):
+@pytest.mark.parametrize("kind", ["per_prompt", "amortized"])
+def test_sync_ray_run_learns_like_the_in_process_loop(ray_local, tiny_shapes_dir, tmp_path, kind):
     common = [
+        f"policy.kind={kind}",
         f"model.path={tiny_shapes_dir}",
         "model.steps=2",
         "train.prompts=[a red circle,two blue squares]",
@@ -79,10 +81,14 @@ def test_sync_ray_run_learns_like_the_in_process_loop(ray_local, tiny_shapes_dir
         f"train.out_dir={tmp_path / 'ray'}",
     ]
     remote = RayTrainer(load_config(None, [*common, *sync])).run()
-    a = GaussianNoisePolicy.load(tmp_path / "local" / "policy.safetensors")
-    b = GaussianNoisePolicy.load(tmp_path / "ray" / "policy.safetensors")
-    assert a.mu.abs().max() > 1e-3  # it learned something
-    assert torch.allclose(a.mu, b.mu, atol=1e-5)  # the stated tolerance: 1e-5 per element
+    a = load_policy(tmp_path / "local" / "policy.safetensors")
+    b = load_policy(tmp_path / "ray" / "policy.safetensors")
+    assert a.kind == b.kind == {"per_prompt": "gaussian", "amortized": "amortized"}[kind]
+    ids = torch.arange(2)
+    (mu_a, sigma_a), (mu_b, sigma_b) = a.mean_std(ids), b.mean_std(ids)
+    assert mu_a.abs().max() > 1e-3  # it learned something
+    assert torch.allclose(mu_a, mu_b, atol=1e-5)  # the stated tolerance: 1e-5 per element
+    assert torch.allclose(sigma_a, sigma_b, atol=1e-5)
     for h_local, h_ray in zip(local.history, remote.history, strict=True):
         assert h_ray["reward_mean"] == pytest.approx(h_local["reward_mean"], abs=1e-6)
     assert remote.gains["scores"] == pytest.approx(local.gains["scores"], abs=1e-6)

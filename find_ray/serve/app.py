@@ -134,6 +134,7 @@ class Ingress:
         info = await self.info()
         return PromptsResponse(
             prompts=info.prompts,
+            amortized=info.amortized,
             policies=info.policies,
             policy_version=info.version,
             reward=info.reward.name,

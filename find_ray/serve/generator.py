@@ -51,11 +51,12 @@ class JobResult:
 
 @dataclass
 class RunInfo:
-    prompts: list[str]  # prompts with a trained policy
+    prompts: list[str]  # prompts with a trained policy (amortized: the training prompts)
     reward: RewardConfig
     steps: int  # the run's sampler defaults
     guidance: float
     version: int
+    amortized: bool = False  # the policy generates for any prompt
 
     @property
     def policies(self) -> list[str]:
@@ -71,12 +72,12 @@ class RunInfo:
         policy: str = "auto",
     ) -> Job:
         """A job with the run's sampler defaults filled in and its policy kind chosen: trained
-        when the run learned the prompt (unless base is asked for), else base."""
+        when the run's policy covers the prompt (unless base is asked for), else base."""
         try:
             check_prompts(self.reward, [prompt])
         except FindRayError as e:
             raise RequestError(422, f"field 'prompt': {e}", "prompt") from None
-        trained = prompt in self.prompts
+        trained = self.amortized or prompt in self.prompts
         if policy == "trained" and not trained:
             why = f"field 'policy': prompt {prompt!r} has no trained policy in this run"
             raise RequestError(422, why, "policy")
@@ -135,8 +136,7 @@ class AlignedGenerator:
         eps = image_noise(self.backend.latent_shape, range(job.seed, job.seed + job.n))
         if job.policy == "base":
             return eps
-        with torch.no_grad():
-            mu, sigma = run.policy.mean_std(torch.tensor([run.prompts.index(job.prompt)]))
+        mu, sigma = run.mean_std([job.prompt], self.backend.encode_prompts)
         return mu + sigma * eps
 
     def generate(self, jobs: list[Job]) -> list[JobResult]:
@@ -175,6 +175,12 @@ class AlignedGenerator:
     def describe(self) -> RunInfo:
         """What the ingress needs to validate requests and answer GET /prompts."""
         model = self.cfg.model
+        run = self.run
         return RunInfo(
-            list(self.run.prompts), self.cfg.reward, model.steps, model.guidance, self.run.version
+            list(run.prompts),
+            self.cfg.reward,
+            model.steps,
+            model.guidance,
+            run.version,
+            run.amortized,
         )

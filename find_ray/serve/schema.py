@@ -55,7 +55,8 @@ class GenerateResponse(BaseModel):
 
 
 class PromptsResponse(BaseModel):
-    prompts: list[str]  # prompts with a trained (per-prompt) policy
+    prompts: list[str]  # prompts the policy was trained on
+    amortized: bool = False  # true: the trained policy generates for any prompt
     policies: list[PolicyKind]  # the kinds this run can serve
     policy_version: int
     reward: str

@@ -1,0 +1,225 @@
+"""FIND's gains over training seeds on the shapes world, beside the cheap alternatives.
+
+Each seed trains one run through the Ray system (`find-ray train`, `train.seed` = the seed) and
+is evaluated on the training prompts (the run's own report: base and trained policy on the
+same eval noise, paired bootstrap CI) and, with `--heldout`, on the held-out suite (`find-ray
+eval --run RUN --suite heldout`; the base results are computed once and shared by the seeds).
+Beside every gain: the policy's KL to N(0, I) (summed over the latent, mean over prompts) and
+the diversity ratio (mean pairwise distance of a prompt's images, trained / base). The
+reference lines are the base's best-of-N (expected maximum of N draws from its eval samples)
+and the base at CFG 1.0, on the same prompts and eval noise.
+
+    python benchmarks/alignment.py --name per-prompt --config configs/find-shapes.yaml
+    python benchmarks/alignment.py --name amortized --config configs/find-shapes-amortized.yaml \\
+        --heldout
+
+Writes benchmarks/results/alignment/<name>.{json,md}; a seed whose run folder holds a finished
+run of the same config is read, not retrained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from ablation import expected_best_of
+from omegaconf import OmegaConf
+
+from find_ray.backends import make_backend
+from find_ray.config import FindRayConfig, load_config
+from find_ray.evaluate import PromptResult, evaluate_policy
+from find_ray.policy import diagonal_gaussian_kl, load_policy
+from find_ray.rewards import make_reward
+from find_ray.shapes.suites import load_suite
+from find_ray.train import train_prompts
+
+RESULTS = Path(__file__).resolve().parent / "results" / "alignment"
+BEST_OF = (1, 2, 4, 8)
+
+
+def train_seed(config: str, overrides: list[str], seed: int, run_dir: Path) -> float:
+    """Trains seed `seed` through Ray unless `run_dir` holds a finished run of the same config;
+    returns the training minutes (NaN when reused)."""
+    from find_ray.driver import train_with_ray
+
+    cfg = load_config(config, [*overrides, f"train.seed={seed}", f"train.out_dir={run_dir}"])
+    wanted = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    done = (run_dir / "metrics.json").is_file() and (run_dir / "config.yaml").is_file()
+    if done and (run_dir / "config.yaml").read_text() == wanted:
+        print(f"seed {seed}: reusing the finished run in {run_dir}")
+        return float("nan")
+    began = time.monotonic()
+    train_with_ray(cfg)
+    return (time.monotonic() - began) / 60
+
+
+def kl_to_prior(run_dir: Path) -> float:
+    """Mean over the training prompts of KL(pi(.|c) || N(0, I)), summed over the latent."""
+    policy = load_policy(run_dir / "policy.safetensors")
+    with torch.no_grad():
+        mu, sigma = policy.mean_std(torch.arange(policy.num_prompts))
+        kl = diagonal_gaussian_kl(mu, sigma, torch.zeros_like(mu), torch.ones_like(sigma))
+    return kl.mean().item()
+
+
+def cached_base(cfg: FindRayConfig, prompts: list[str], path: Path) -> list[PromptResult]:
+    """The base policy's eval results on `prompts` (pickled at `path`: computed once)."""
+    if path.is_file():
+        cached = pickle.loads(path.read_bytes())
+        if cached["key"] == [prompts, OmegaConf.to_yaml(OmegaConf.structured(cfg.model))]:
+            return cached["results"]
+    results = evaluate_policy(make_backend(cfg.model), make_reward(cfg.reward), prompts, cfg.eval)
+    key = [prompts, OmegaConf.to_yaml(OmegaConf.structured(cfg.model))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps({"key": key, "results": results}))
+    return results
+
+
+def references(config: str, overrides: list[str], cache: Path) -> dict:
+    """Base exact match on the training prompts: best-of-N at the config's CFG, and one
+    sample at CFG 1.0 (when the config's CFG is another)."""
+    cfg = load_config(config, overrides)
+    prompts = train_prompts(cfg)
+    base = cached_base(cfg, prompts, cache / "base-train.pkl")
+    refs = {
+        f"best_of_{n}": float(np.mean([expected_best_of(r.exact, n) for r in base]))
+        for n in BEST_OF
+        if n <= cfg.eval.samples_per_prompt
+    }
+    if cfg.model.guidance != 1.0:
+        cfg1 = load_config(config, [*overrides, "model.guidance=1.0"])
+        cfg1_base = cached_base(cfg1, prompts, cache / "base-train-cfg1.pkl")
+        refs["cfg_1.0"] = float(np.mean([r.exact.mean() for r in cfg1_base]))
+    return refs
+
+
+def gain_row(metrics: dict) -> dict:
+    """Exact and score gains with CIs and the diversity ratio from a report's metrics.json."""
+    row = {f"{m}_{k}": v for m, g in metrics["gains"].items() for k, v in g.items()}
+    row.update(metrics["means"])
+    row["diversity_ratio"] = metrics["diversity"]["ratio"]
+    return row
+
+
+def evaluate_seed(cfg: FindRayConfig, run_dir: Path, heldout: list[PromptResult] | None) -> dict:
+    """One seed's row: training-prompt gains (its report), KL, and held-out gains."""
+    from find_ray.run_eval import evaluate_run
+
+    row = {"train": gain_row(json.loads((run_dir / "metrics.json").read_text()))}
+    row["kl_to_prior"] = kl_to_prior(run_dir)
+    if heldout is not None:
+        evaluate_run(run_dir, "heldout", [], base=heldout)
+        row["heldout"] = gain_row(json.loads((run_dir / "eval-heldout/metrics.json").read_text()))
+    return row
+
+
+def spread(rows: list[dict], part: str, key: str) -> dict[str, float]:
+    values = np.array([r[part][key] for r in rows if part in r])
+    return {"mean": float(values.mean()), "sd": float(values.std(ddof=1) if len(values) > 1 else 0)}
+
+
+def write_results(name: str, result: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    rows, refs = result["seeds"], result["references"]
+    lines = [
+        f"# Alignment: {name}",
+        "",
+        f"`{result['command']}`",
+        "",
+        f"{result['prompts']} training prompts; eval {result['eval_samples']} samples per prompt "
+        "on one eval seed (base and trained on the same noise). Gains in exact match with their "
+        "95 % paired bootstrap CI; KL(pi || N(0, I)) summed over the latent, mean over prompts; "
+        "diversity ratio = mean pairwise image distance, trained / base.",
+        "",
+        "| seed | train minutes | exact before | exact after | exact gain [95 % CI] | "
+        "score gain | KL to N(0, I) | diversity ratio | held-out exact gain [95 % CI] | "
+        "held-out diversity ratio |",
+        "|---:|---:|---:|---:|---|---:|---:|---:|---|---:|",
+    ]
+    for r in rows:
+        t, h = r["train"], r.get("heldout")
+        held = (
+            f"{h['exact_gain']:+.3f} [{h['exact_low']:+.3f}, {h['exact_high']:+.3f}] | "
+            f"{h['diversity_ratio']:.2f}"
+            if h
+            else "n/a | n/a"
+        )
+        lines.append(
+            f"| {r['seed']} | {r['minutes']:.1f} | {t['exact_before']:.3f} | "
+            f"{t['exact_after']:.3f} | {t['exact_gain']:+.3f} "
+            f"[{t['exact_low']:+.3f}, {t['exact_high']:+.3f}] | {t['scores_gain']:+.3f} | "
+            f"{r['kl_to_prior']:.2f} | {t['diversity_ratio']:.2f} | {held} |"
+        )
+    s = result["summary"]
+    lines += [
+        "",
+        f"Across {len(rows)} seeds: training-prompt exact after "
+        f"{s['exact_after']['mean']:.3f} ± {s['exact_after']['sd']:.3f} (sd), gain "
+        f"{s['train_gain']['mean']:+.3f} ± {s['train_gain']['sd']:.3f}"
+        + (
+            f"; held-out gain {s['heldout_gain']['mean']:+.3f} ± {s['heldout_gain']['sd']:.3f}"
+            if "heldout_gain" in s
+            else ""
+        )
+        + ".",
+        "",
+        "Base references on the training prompts (exact match, same eval noise): "
+        + ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in refs.items())
+        + ".",
+        "",
+    ]
+    (out / f"{name}.md").write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", required=True, help="results name, e.g. per-prompt")
+    parser.add_argument("--config", default="configs/find-shapes.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--heldout", action="store_true", help="also evaluate the heldout suite")
+    parser.add_argument("--runs", default="runs/alignment", help="run folders go here")
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("overrides", nargs="*", help="config overrides for every seed")
+    args = parser.parse_args(argv)
+    runs = Path(args.runs) / args.name
+    cfg = load_config(args.config, args.overrides)
+    prompts = train_prompts(cfg)
+    heldout = None
+    if args.heldout:
+        heldout = cached_base(cfg, load_suite("heldout"), runs / "base-heldout.pkl")
+    rows = []
+    for seed in args.seeds:
+        run_dir = runs / f"seed{seed}"
+        minutes = train_seed(args.config, args.overrides, seed, run_dir)
+        if np.isnan(minutes):
+            minutes = json.loads((run_dir / "alignment-minutes.json").read_text())["minutes"]
+        (run_dir / "alignment-minutes.json").write_text(json.dumps({"minutes": minutes}))
+        rows.append({"seed": seed, "minutes": minutes, **evaluate_seed(cfg, run_dir, heldout)})
+    summary = {
+        "train_gain": spread(rows, "train", "exact_gain"),
+        "exact_after": spread(rows, "train", "exact_after"),
+        "diversity_ratio": spread(rows, "train", "diversity_ratio"),
+        "kl_to_prior": {"mean": float(np.mean([r["kl_to_prior"] for r in rows]))},
+    }
+    if heldout is not None:
+        summary["heldout_gain"] = spread(rows, "heldout", "exact_gain")
+    result = {
+        "command": "python benchmarks/alignment.py " + " ".join(argv or sys.argv[1:]),
+        "prompts": len(prompts),
+        "eval_samples": cfg.eval.samples_per_prompt,
+        "seeds": rows,
+        "summary": summary,
+        "references": references(args.config, args.overrides, runs),
+    }
+    write_results(args.name, result, Path(args.out))
+
+
+if __name__ == "__main__":
+    main()
