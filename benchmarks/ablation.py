@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from math import comb
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
 
 from find_ray.backends import make_backend
 from find_ray.config import FindRayConfig, load_config
 from find_ray.evaluate import evaluate
 from find_ray.rewards import make_reward
+from find_ray.run_folder import finished_with
+from find_ray.stats import expected_best_of
 from find_ray.train import train_in_process, train_prompts
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ablation"
@@ -42,14 +42,6 @@ VARIANTS: dict[str, list[str]] = {
 def nfe_per_sample(cfg: FindRayConfig) -> int:
     """Denoiser calls for one image: steps, doubled under classifier-free guidance."""
     return cfg.model.steps * (2 if cfg.model.guidance > 1.0 else 1)
-
-
-def expected_best_of(scores: np.ndarray, n: int) -> float:
-    """E[max of n draws without replacement] from a pool of scores (exact order statistic)."""
-    pool = np.sort(scores)
-    k = len(pool)
-    weights = np.array([comb(i, n - 1) for i in range(k)], dtype=float) / comb(k, n)
-    return float((weights * pool).sum())
 
 
 def best_of_n_curve(cfg: FindRayConfig, pool_size: int) -> list[dict[str, float]]:
@@ -81,9 +73,7 @@ def run_variant(config: str, name: str, overrides: list[str], runs: Path) -> dic
     """Trains one variant unless its folder already holds a finished run of the same config."""
     cfg = load_config(config, [*overrides, *VARIANTS[name], f"train.out_dir={runs / name}"])
     run_dir = Path(cfg.train.out_dir)
-    wanted = OmegaConf.to_yaml(OmegaConf.structured(cfg))
-    finished = (run_dir / "metrics.json").is_file() and (run_dir / "config.yaml").is_file()
-    if not (finished and (run_dir / "config.yaml").read_text() == wanted):
+    if not finished_with(run_dir, cfg):
         train_in_process(cfg)
     else:
         print(f"{name}: reusing the finished run in {run_dir}")

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ablation import expected_best_of
 from omegaconf import OmegaConf
 
 from find_ray.backends import make_backend
@@ -36,7 +35,9 @@ from find_ray.config import FindRayConfig, load_config
 from find_ray.evaluate import PromptResult, evaluate_policy
 from find_ray.policy import diagonal_gaussian_kl, load_policy
 from find_ray.rewards import make_reward
+from find_ray.run_folder import finished_with
 from find_ray.shapes.suites import load_suite
+from find_ray.stats import expected_best_of
 from find_ray.train import train_prompts
 
 RESULTS = Path(__file__).resolve().parent / "results" / "alignment"
@@ -49,9 +50,7 @@ def train_seed(config: str, overrides: list[str], seed: int, run_dir: Path) -> f
     from find_ray.driver import train_with_ray
 
     cfg = load_config(config, [*overrides, f"train.seed={seed}", f"train.out_dir={run_dir}"])
-    wanted = OmegaConf.to_yaml(OmegaConf.structured(cfg))
-    done = (run_dir / "metrics.json").is_file() and (run_dir / "config.yaml").is_file()
-    if done and (run_dir / "config.yaml").read_text() == wanted:
+    if finished_with(run_dir, cfg):
         print(f"seed {seed}: reusing the finished run in {run_dir}")
         return float("nan")
     began = time.monotonic()

@@ -93,8 +93,10 @@ class RewardConfig:
     fault: str = ""  # chaos testing: "" | nan | raise (see rewards.inject_faults)
     fault_rate: float = 0.0
     fault_seed: int = 0
+    noise_std: float = 0.0  # a noisy reward: + N(0, noise_std^2) per score (the sweep's factor)
 
     def __post_init__(self) -> None:
+        _require(self.noise_std >= 0, "reward.noise_std", "must be >= 0")
         _require(self.fault in ("", "nan", "raise"), "reward.fault", "one of '', nan, raise")
         _require(0 <= self.fault_rate <= 1, "reward.fault_rate", "must be in [0, 1]")
         _require(self.batch_size >= 1, "reward.batch_size", "must be >= 1")

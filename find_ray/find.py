@@ -31,9 +31,15 @@ class FindLossConfig:
     normalise_advantages: bool = False  # standardise A per minibatch
 
 
+MAX_LOG_RATIO = 20.0
+
+
 def ratio(logp_new: Tensor, logp_ref: Tensor) -> Tensor:
-    """Importance ratio rho = pi_new(z) / pi_ref(z) from log-probs."""
-    return torch.exp(logp_new - logp_ref)
+    """Importance ratio rho = pi_new(z) / pi_ref(z) from log-probs, with log rho clamped to
+    +-MAX_LOG_RATIO: with summed log-densities it can overflow float32, and inf * 0 in the
+    clipped branch's backward pass would turn the whole gradient into NaN. Clipped samples
+    (|rho - 1| > eps) are unaffected; an unclipped one beyond e^20 gets no gradient."""
+    return torch.exp((logp_new - logp_ref).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO))
 
 
 class Surrogate(NamedTuple):

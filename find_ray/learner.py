@@ -210,6 +210,11 @@ class Learner:
                 continue
             self.policy_opt.zero_grad(set_to_none=True)
             loss.backward()
+            if not all(
+                torch.isfinite(p.grad).all() for p in self.policy.parameters() if p.grad is not None
+            ):
+                self.skipped_steps += 1  # a non-finite gradient is never applied either
+                continue
             if self.cfg.optimizer == "natural":
                 natural_gradient_(self.policy, self.cfg.loss.logp_reduction)
             self.policy_opt.step()

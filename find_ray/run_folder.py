@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from find_ray.amortized import AmortizedNoisePolicy
-from find_ray.config import FindRayConfig, load_config
+from find_ray.config import FindRayConfig, load_config, to_yaml
 from find_ray.errors import FindRayError, ModelPathError
 from find_ray.policy import NoisePolicy, load_policy, read_policy_metadata
 
@@ -51,6 +51,14 @@ class RunPolicy:
         if missing:
             raise ValueError(f"no trained policy for {missing}")
         return self.policy.mean_std(torch.tensor([self.prompts.index(p) for p in prompts]))
+
+
+def finished_with(run_dir: str | Path, cfg: FindRayConfig) -> bool:
+    """Whether `run_dir` holds a finished run (its report's metrics.json) of exactly `cfg`:
+    benchmarks read such runs back instead of training them again."""
+    folder = Path(run_dir)
+    config, metrics = folder / "config.yaml", folder / "metrics.json"
+    return metrics.is_file() and config.is_file() and config.read_text() == to_yaml(cfg)
 
 
 def read_run_config(run_dir: str | Path) -> FindRayConfig:

@@ -1,6 +1,9 @@
-"""Paired bootstrap confidence intervals for before/after comparisons on the same seeds."""
+"""Paired bootstrap confidence intervals for before/after comparisons on the same seeds, and
+the expected best-of-N of a pool of scores."""
 
 from __future__ import annotations
+
+from math import comb
 
 import numpy as np
 
@@ -20,3 +23,11 @@ def paired_bootstrap_ci(
     means = diff[prompts[..., None], samples].mean(axis=(1, 2))
     tail = (1 - level) / 2
     return float(diff.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def expected_best_of(scores: np.ndarray, n: int) -> float:
+    """E[max of n draws without replacement] from a pool of scores (exact order statistic)."""
+    pool = np.sort(scores)
+    k = len(pool)
+    weights = np.array([comb(i, n - 1) for i in range(k)], dtype=float) / comb(k, n)
+    return float((weights * pool).sum())

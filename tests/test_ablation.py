@@ -5,19 +5,20 @@ import json
 import numpy as np
 import pytest
 
+from find_ray.stats import expected_best_of
 from tests.benchmark_script import load_benchmark
 
 ablation = load_benchmark("ablation")
 
 
 def test_expected_best_of_by_hand():
-    assert ablation.expected_best_of(np.array([0.0, 1.0]), 1) == pytest.approx(0.5)
-    assert ablation.expected_best_of(np.array([0.0, 1.0]), 2) == pytest.approx(1.0)
-    assert ablation.expected_best_of(np.array([0.0, 0.0, 1.0]), 2) == pytest.approx(2 / 3)
+    assert expected_best_of(np.array([0.0, 1.0]), 1) == pytest.approx(0.5)
+    assert expected_best_of(np.array([0.0, 1.0]), 2) == pytest.approx(1.0)
+    assert expected_best_of(np.array([0.0, 0.0, 1.0]), 2) == pytest.approx(2 / 3)
     rng = np.random.default_rng(0)
     pool = rng.random(6)
     draws = [rng.choice(pool, 3, replace=False).max() for _ in range(20000)]
-    assert ablation.expected_best_of(pool, 3) == pytest.approx(np.mean(draws), abs=0.01)
+    assert expected_best_of(pool, 3) == pytest.approx(np.mean(draws), abs=0.01)
 
 
 def test_ablation_runs_end_to_end_on_a_tiny_model(tiny_shapes_dir, tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import torch
 
 from find_ray.find import (
     DRCM,
+    MAX_LOG_RATIO,
     FindLossConfig,
     advantage_variance_report,
     advantages,
@@ -102,7 +103,8 @@ def test_policy_loss_ratio_reference_initial_uses_pi0():
     expected = torch.exp(policy.log_prob(z, ids) - initial_log_prob(z)).mean()
     assert m["ratio_mean"] == pytest.approx(expected.item(), rel=1e-6)
     _, m_behaviour = policy_loss(policy, z, ids, bogus_behaviour, adv, FindLossConfig())
-    assert m_behaviour["ratio_mean"] < 1e-30  # the behaviour reference was used there
+    # the behaviour reference was used there: log rho ~ -100, clamped at -MAX_LOG_RATIO
+    assert m_behaviour["ratio_mean"] == pytest.approx(math.exp(-MAX_LOG_RATIO))
 
 
 def test_normalise_advantages():

@@ -193,13 +193,21 @@ def test_train_in_process_writes_policy_report_and_tensorboard(tiny_shapes_dir, 
     assert (tmp_path / "before_after.png").is_file()
 
 
-def test_non_finite_losses_are_skipped_not_applied():
+def test_an_overflowing_ratio_stays_finite_and_non_finite_steps_are_skipped():
     cfg = LearnerConfig(
         epochs=1, minibatch_size=4, drcm_steps=1, loss=FindLossConfig(drcm_hidden=16, policy_lr=0.3)
     )
     learner = Learner(cfg, SHAPE, torch.eye(2))
     rollouts = make_rollouts(learner, 4)
-    rollouts[0].behaviour_logp = -1e30  # ratio overflows to inf
+    rollouts[0].behaviour_logp = -1e30  # exp(log ratio) would overflow to inf
+    learner.add(rollouts)
+    metrics = learner.update()
+    assert metrics["skipped_steps"] == 0.0 and metrics["clip_fraction"] > 0
+    assert torch.isfinite(learner.policy.mu).all()  # inf * 0 in backward would give NaN
+
+    learner = Learner(cfg, SHAPE, torch.eye(2))
+    rollouts = make_rollouts(learner, 4)
+    rollouts[1].z = torch.full_like(rollouts[1].z, math.nan)  # a corrupt rollout
     learner.add(rollouts)
     metrics = learner.update()
     assert metrics["skipped_steps"] == 1.0

@@ -136,6 +136,29 @@ def test_trained_and_base_images_share_their_noise(run_dir):
     torch.testing.assert_close(gen.noise(trained, gen.run), mu + sigma * eps)
 
 
+def test_an_amortized_run_serves_prompts_it_never_trained(tmp_path):
+    out = tmp_path / "amortized"
+    amortized = [
+        "policy.kind=amortized",
+        "learner.optimizer=adamw",
+        "learner.loss.policy_lr=0.01",
+        "train.iterations=3",
+    ]
+    train_in_process(load_config(None, [*RUN, *amortized, f"train.out_dir={out}"]))
+    gen = AlignedGenerator(str(out))
+    info = gen.describe()
+    assert info.amortized and info.prompts == TRAINED
+    job = info.job("something new", 3, 7)
+    assert job.policy == "trained"  # an amortized policy covers any prompt
+    eps = image_noise(gen.backend.latent_shape, range(7, 10))
+    with torch.no_grad():
+        mu, sigma = gen.run.policy.mean_std_of(gen.backend.encode_prompts(["something new"]))
+    assert mu.abs().max() > 0  # it moved from N(0, I), also for this prompt
+    torch.testing.assert_close(gen.noise(job, gen.run), mu + sigma * eps)
+    (result,) = gen.generate([job])
+    assert result.images.shape[0] == 3 and result.policy_version == 3
+
+
 def test_batched_jobs_equal_single_jobs(run_dir):
     gen = AlignedGenerator(str(run_dir))
     info = gen.describe()

@@ -67,6 +67,8 @@ def check_reward(cfg: RewardConfig) -> None:
 def make_reward(cfg: RewardConfig) -> RewardFn:
     _known(cfg)
     reward = frame_averaged(REWARDS[cfg.name](cfg))
+    if cfg.noise_std > 0:
+        reward = with_noise(reward, cfg.noise_std, cfg.fault_seed)
     return inject_faults(reward, cfg.fault, cfg.fault_rate, cfg.fault_seed) if cfg.fault else reward
 
 
@@ -94,6 +96,19 @@ def frame_averaged(reward: RewardFn) -> RewardFn:
         return scores.view(b, f).mean(1), {k: v.view(b, f).mean(1) for k, v in info.items()}
 
     return score
+
+
+def with_noise(reward: RewardFn, std: float, seed: int) -> RewardFn:
+    """The reward plus independent N(0, std^2) noise per score (a noisy-reward experiment);
+    info keeps the clean metrics (e.g. exact match), so evaluation stays exact."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def noisy(images: torch.Tensor, prompts: list[str]):
+        scores, info = reward(images, prompts)
+        noise = torch.randn(scores.shape, generator=generator, dtype=scores.dtype)
+        return scores + std * noise, {**info, "clean_score": scores}
+
+    return noisy
 
 
 def inject_faults(reward: RewardFn, fault: str, rate: float, seed: int) -> RewardFn:

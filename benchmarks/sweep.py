@@ -1,0 +1,170 @@
+"""Where FIND needs its bounds: one factor at a time, with and without clipping and the DRCM.
+
+The default cell is configs/find-shapes.yaml with the true importance ratio
+(`learner.loss.logp_reduction=sum`: log-densities summed over the latent, so that the ratio,
+and so clipping, sees the real change of the distribution). Each factor changes one setting
+from it: the mean ratio (the FIND code's per-element mean), a larger natural step (alpha 1, 3;
+default 0.3), more epochs over the stored rollouts (16; default 4), staler rollouts
+(`max_policy_lag` 8; default 2) and a noisy reward (detector score + N(0, 0.3^2)). Each cell
+is trained three ways: the full method, without clipping (eps = 1e9), and with the per-prompt
+mean stored reward as baseline instead of the DRCM. One training seed per cell; the exact-match
+gain on the training prompts with its 95 % paired bootstrap CI, the mean clip fraction, the
+advantage variance after / before calibration, the largest per-update KL, the KL to N(0, I)
+and the diversity ratio.
+
+    python benchmarks/sweep.py                       # every cell (about 12 minutes each)
+    python benchmarks/sweep.py --factors default alpha_3 --methods full no_clip
+
+Writes benchmarks/results/alignment/sweep.{json,md,png}; a cell whose run folder holds a
+finished run of the same config is read, not retrained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from find_ray.config import load_config
+from find_ray.run_folder import finished_with
+from find_ray.train import train_in_process
+
+RESULTS = Path(__file__).resolve().parent / "results" / "alignment"
+DEFAULT = ["learner.loss.logp_reduction=sum"]
+FACTORS: dict[str, list[str]] = {
+    "default": [],
+    "mean_ratio": ["learner.loss.logp_reduction=mean"],
+    "alpha_1": ["learner.loss.policy_lr=1.0"],
+    "alpha_3": ["learner.loss.policy_lr=3.0"],
+    "epochs_16": ["learner.epochs=16"],
+    "lag_8": ["learner.max_policy_lag=8", "learner.store_capacity=2048"],
+    "noisy_reward": ["reward.noise_std=0.3"],
+}
+METHODS: dict[str, list[str]] = {
+    "full": [],
+    "no_clip": ["learner.loss.eps=1e9"],
+    "prompt_mean": ["learner.baseline=prompt_mean"],
+}
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    """Every scalar the run logged to TensorBoard, by tag, in step order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def cell_row(factor: str, method: str, run_dir: Path) -> dict:
+    """One table row from a finished run: gains, diversity (metrics.json) and the learner's
+    logged statistics (TensorBoard)."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    logged = scalars(run_dir)
+
+    def mean_of(tag: str) -> float:
+        values = [v for v in logged.get(tag, []) if np.isfinite(v)]
+        return float(np.mean(values)) if values else float("nan")
+
+    raw, calibrated = mean_of("adv_var_raw"), mean_of("adv_var_calibrated")
+    return {
+        "factor": factor,
+        "method": method,
+        "exact": metrics["gains"]["exact"],
+        "scores": metrics["gains"]["scores"],
+        "exact_after": metrics["means"]["exact_after"],
+        "diversity_ratio": metrics["diversity"]["ratio"],
+        "clip_fraction": mean_of("clip_fraction"),
+        "adv_var_ratio": calibrated / raw if raw > 0 else float("nan"),
+        "kl_update_max": max(logged.get("kl_update_max", [float("nan")])),
+        "kl_to_prior": logged.get("kl_to_prior_total", [float("nan")])[-1],
+        "final_reward": logged["reward_mean"][-1],
+    }
+
+
+def run_cell(config: str, factor: str, method: str, overrides: list[str], runs: Path) -> dict:
+    run_dir = runs / f"{factor}-{method}"
+    cfg = load_config(
+        config,
+        [*DEFAULT, *FACTORS[factor], *METHODS[method], *overrides, f"train.out_dir={run_dir}"],
+    )
+    if finished_with(run_dir, cfg):
+        print(f"{factor}/{method}: reusing the finished run in {run_dir}")
+    else:
+        train_in_process(cfg)
+    return cell_row(factor, method, run_dir)
+
+
+def write_results(rows: list[dict], command: str, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps({"command": command, "cells": rows}, indent=1))
+    factors = list(dict.fromkeys(r["factor"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(factors)), 4.5))
+    width = 0.8 / len(methods)
+    for m, method in enumerate(methods):
+        cells = {r["factor"]: r["exact"] for r in rows if r["method"] == method}
+        xs = [f + (m - (len(methods) - 1) / 2) * width for f, n in enumerate(factors) if n in cells]
+        gains = [cells[n] for n in factors if n in cells]
+        ax.bar(
+            xs,
+            [g["gain"] for g in gains],
+            width,
+            yerr=[[g["gain"] - g["low"] for g in gains], [g["high"] - g["gain"] for g in gains]],
+            capsize=3,
+            label=method,
+        )
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(factors)), factors)
+    ax.set(ylabel="exact-match gain (95 % CI)", title="FIND: one factor at a time, shapes world")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "sweep.png", dpi=120)
+    lines = [
+        f"`{command}`",
+        "",
+        "| factor | method | exact gain [95 % CI] | exact after | clip fraction | "
+        "adv. var. after / before | max KL per update | KL to N(0, I) | diversity ratio |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        e = r["exact"]
+        lines.append(
+            f"| {r['factor']} | {r['method']} | {e['gain']:+.3f} [{e['low']:+.3f}, "
+            f"{e['high']:+.3f}] | {r['exact_after']:.3f} | {r['clip_fraction']:.2f} | "
+            f"{r['adv_var_ratio']:.2f} | {r['kl_update_max']:.3g} | {r['kl_to_prior']:.3g} | "
+            f"{r['diversity_ratio']:.2f} |"
+        )
+    (out / "sweep.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/find-shapes.yaml")
+    parser.add_argument("--factors", nargs="+", default=list(FACTORS), choices=list(FACTORS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--runs", default="runs/sweep", help="each cell's run folder")
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("overrides", nargs="*", help="config overrides for every cell")
+    args = parser.parse_args(argv)
+    runs = Path(args.runs)
+    rows = [
+        run_cell(args.config, factor, method, args.overrides, runs)
+        for factor in args.factors
+        for method in args.methods
+    ]
+    command = "python benchmarks/sweep.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    write_results(rows, command.strip(), Path(args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""benchmarks/sweep.py end to end on a tiny model: cells trained with their overrides, the
+learner's statistics read back from TensorBoard, the table and the plot."""
+
+import json
+
+from find_ray.config import load_config
+from tests.benchmark_script import load_benchmark
+
+sweep = load_benchmark("sweep")
+
+
+def test_sweep_cells_apply_their_factor_and_method(tiny_shapes_dir, tmp_path):
+    args = [
+        "--factors",
+        "default",
+        "noisy_reward",
+        "--methods",
+        "full",
+        "prompt_mean",
+        "--out",
+        str(tmp_path / "results"),
+        "--runs",
+        str(tmp_path / "runs"),
+        f"model.path={tiny_shapes_dir}",
+        "model.steps=2",
+        "train.prompts=[a red circle]",
+        "train.iterations=2",
+        "train.samples_per_prompt=4",
+        "eval.samples_per_prompt=2",
+        "learner.loss.drcm_hidden=8",
+    ]
+    sweep.main(args)
+    data = json.loads((tmp_path / "results" / "sweep.json").read_text())
+    cells = [(c["factor"], c["method"]) for c in data["cells"]]
+    assert cells == [
+        ("default", "full"),
+        ("default", "prompt_mean"),
+        ("noisy_reward", "full"),
+        ("noisy_reward", "prompt_mean"),
+    ]
+    noisy = load_config(tmp_path / "runs" / "noisy_reward-prompt_mean" / "config.yaml")
+    assert noisy.reward.noise_std == 0.3 and noisy.learner.baseline == "prompt_mean"
+    assert noisy.learner.loss.logp_reduction == "sum"  # the sweep's default: the true ratio
+    for cell in data["cells"]:
+        assert 0 <= cell["clip_fraction"] <= 1 and cell["kl_to_prior"] >= 0
+        assert {"gain", "low", "high"} <= set(cell["exact"])
+    assert (tmp_path / "results" / "sweep.png").is_file()
+    assert "| noisy_reward | prompt_mean |" in (tmp_path / "results" / "sweep.md").read_text()
