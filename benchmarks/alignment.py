@@ -9,10 +9,12 @@ the diversity ratio (mean pairwise distance of a prompt's images, trained / base
 reference lines are the base's best-of-N (expected maximum of N draws from its eval samples)
 and the base at CFG 1.0, on the same prompts and eval noise.
 
-    python benchmarks/alignment.py --name per-prompt --config configs/find-shapes.yaml
+    python benchmarks/alignment.py eval.samples_per_prompt=64 --name per-prompt-cfg1.5 \\
+        --config configs/find-shapes.yaml --seeds 0 1 2
     python benchmarks/alignment.py --name amortized --config configs/find-shapes-amortized.yaml \\
         --heldout
 
+Config overrides go before the options (`--seeds` takes every number that follows it).
 Writes benchmarks/results/alignment/<name>.{json,md}; a seed whose run folder holds a finished
 run of the same config is read, not retrained.
 """
