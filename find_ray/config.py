@@ -125,6 +125,7 @@ class TrainConfig:
     max_prompts: int = 0  # first N prompts of the suite (0: all)
     iterations: int = 40  # policy versions to produce
     samples_per_prompt: int = 16  # fresh rollouts per prompt per iteration
+    prompts_per_iteration: int = 0  # prompts drawn per iteration (0: all of them)
     rollout_batch_size: int = 64
     seed: int = 0
     out_dir: str = "runs/find"
@@ -132,6 +133,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for key in ("iterations", "samples_per_prompt", "rollout_batch_size"):
             _require(getattr(self, key) >= 1, f"train.{key}", "must be >= 1")
+        _require(self.prompts_per_iteration >= 0, "train.prompts_per_iteration", "must be >= 0")
 
 
 @dataclass

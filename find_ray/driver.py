@@ -56,6 +56,7 @@ from find_ray.evaluate import EvalCollector, PromptResult, eval_batches, grid_ro
 from find_ray.images import stack
 from find_ray.ledger import RolloutLedger
 from find_ray.rewards import check_reward
+from find_ray.rollout import iteration_prompt_ids
 from find_ray.train import TrainResult, reward_metrics, train_prompts, write_find_report
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,8 @@ class RayTrainer:
         check_reward(cfg.reward)  # and an unknown reward or missing weights
         self.out = Path(cfg.train.out_dir)
         self.resume = resume
-        self.per_update = len(self.prompts) * cfg.train.samples_per_prompt
+        self._plan: tuple[int, list[int]] = (-1, [])
+        self.per_update = len(self._iteration_prompts(0))
         self.total = cfg.train.iterations * self.per_update
         self.iterations_ahead = 1 if cfg.ray.sync else cfg.learner.max_policy_lag + 1
         self.ledger = RolloutLedger()
@@ -221,11 +223,21 @@ class RayTrainer:
         """
         out = [self.requeued.popleft() for _ in range(min(n, len(self.requeued)))]
         limit = min(self.total, (self.weights[0] + self.iterations_ahead) * self.per_update)
-        spp = self.cfg.train.samples_per_prompt
         while len(out) < n and self.next_slot < limit:
-            out.append((self.next_slot % self.per_update) // spp)
+            iteration, index = divmod(self.next_slot, self.per_update)
+            out.append(self._iteration_prompts(iteration)[index])
             self.next_slot += 1
         return out
+
+    def _iteration_prompts(self, iteration: int) -> list[int]:
+        """The prompt of each slot of an iteration (the in-process loop's plan)."""
+        t = self.cfg.train
+        if self._plan[0] != iteration:
+            ids = iteration_prompt_ids(
+                len(self.prompts), t.samples_per_prompt, t.prompts_per_iteration, iteration, t.seed
+            )
+            self._plan = (iteration, ids)
+        return self._plan[1]
 
     def _submit_rollouts(self) -> None:
         r = self.cfg.ray

@@ -30,9 +30,25 @@ def rollout_noise(shape: tuple[int, ...], rollout_ids: list[int], seed: int) -> 
     )
 
 
-def iteration_prompt_ids(num_prompts: int, samples_per_prompt: int) -> list[int]:
-    """The prompt of each rollout of one iteration, prompt-major: [0, 0, ..., 1, 1, ...]."""
-    return [p for p in range(num_prompts) for _ in range(samples_per_prompt)]
+def iteration_prompt_ids(
+    num_prompts: int,
+    samples_per_prompt: int,
+    prompts_per_iteration: int = 0,
+    iteration: int = 0,
+    seed: int = 0,
+) -> list[int]:
+    """The prompt of each rollout of one iteration, prompt-major: [0, 0, ..., 1, 1, ...].
+
+    With `prompts_per_iteration` (0: all), each iteration draws that many distinct prompts,
+    a pure function of (seed, iteration), so that a policy over a large suite (the amortized
+    one) sees a different sample of it every update.
+    """
+    chosen = range(num_prompts)
+    if 0 < prompts_per_iteration < num_prompts:
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + iteration)
+        picked = torch.randperm(num_prompts, generator=generator)[:prompts_per_iteration]
+        chosen = sorted(picked.tolist())
+    return [p for p in chosen for _ in range(samples_per_prompt)]
 
 
 class RolloutWorker:

@@ -68,9 +68,12 @@ def train_in_process(cfg: FindRayConfig) -> TrainResult:
     writer = SummaryWriter(str(out / "tensorboard"))
     drops: Counter[str] = Counter()
     next_id, history = 0, []
-    ids = iteration_prompt_ids(len(prompts), cfg.train.samples_per_prompt)
-    bar = tqdm(range(cfg.train.iterations), desc="find", unit="it")
+    t = cfg.train
+    bar = tqdm(range(t.iterations), desc="find", unit="it")
     for it in bar:
+        ids = iteration_prompt_ids(
+            len(prompts), t.samples_per_prompt, t.prompts_per_iteration, it, t.seed
+        )
         worker.set_weights(*learner.weights())
         rollouts, images = worker.rollout(ids, list(range(next_id, next_id + len(ids))))
         next_id += len(ids)

@@ -160,3 +160,16 @@ def test_per_prompt_mean_baseline():
     ids = torch.tensor([0, 0, 2, 2])
     assert per_prompt_mean(rewards, ids, 3).tolist() == [2.0, 0.0, 1.5]
     assert not math.isnan(per_prompt_mean(rewards, ids, 3)[1])
+
+
+def test_prompts_per_iteration_draws_distinct_prompts_per_iteration():
+    from find_ray.rollout import iteration_prompt_ids
+
+    assert iteration_prompt_ids(3, 2) == [0, 0, 1, 1, 2, 2]  # 0: every prompt
+    plans = [iteration_prompt_ids(28, 2, 5, it, seed=3) for it in range(4)]
+    for plan in plans:
+        prompts = plan[::2]
+        assert len(plan) == 10 and plan[1::2] == prompts  # prompt-major, 2 samples each
+        assert len(set(prompts)) == 5 and prompts == sorted(prompts)
+    assert len({tuple(p) for p in plans}) == 4  # a new draw every iteration
+    assert iteration_prompt_ids(28, 2, 5, 1, seed=3) == plans[1]  # a pure function
