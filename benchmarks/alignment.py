@@ -139,7 +139,7 @@ def write_results(name: str, result: dict, out: Path) -> None:
         "95 % paired bootstrap CI; KL(pi || N(0, I)) summed over the latent, mean over prompts; "
         "diversity ratio = mean pairwise image distance, trained / base.",
         "",
-        "| seed | train minutes | exact before | exact after | exact gain [95 % CI] | "
+        "| seed | run minutes (train + eval) | exact before | exact after | exact gain [95 % CI] | "
         "score gain | KL to N(0, I) | diversity ratio | held-out exact gain [95 % CI] | "
         "held-out diversity ratio |",
         "|---:|---:|---:|---:|---|---:|---:|---:|---|---:|",

@@ -54,11 +54,17 @@ class RunPolicy:
 
 
 def finished_with(run_dir: str | Path, cfg: FindRayConfig) -> bool:
-    """Whether `run_dir` holds a finished run (its report's metrics.json) of exactly `cfg`:
-    benchmarks read such runs back instead of training them again."""
+    """Whether `run_dir` holds a finished run (its report's metrics.json) of `cfg`: its saved
+    config, read with today's defaults for keys added since, equals `cfg`. Benchmarks read
+    such runs back instead of training them again."""
     folder = Path(run_dir)
     config, metrics = folder / "config.yaml", folder / "metrics.json"
-    return metrics.is_file() and config.is_file() and config.read_text() == to_yaml(cfg)
+    if not (metrics.is_file() and config.is_file()):
+        return False
+    try:
+        return to_yaml(load_config(config)) == to_yaml(cfg)
+    except FindRayError:  # a key that no longer exists: not the same run
+        return False
 
 
 def read_run_config(run_dir: str | Path) -> FindRayConfig:
