@@ -33,7 +33,7 @@ import torch
 from omegaconf import OmegaConf
 
 from find_ray.backends import make_backend
-from find_ray.config import FindRayConfig, load_config
+from find_ray.config import FindRayConfig, load_config, to_yaml
 from find_ray.evaluate import PromptResult, evaluate_policy
 from find_ray.policy import diagonal_gaussian_kl, load_policy
 from find_ray.rewards import make_reward
@@ -120,6 +120,14 @@ def evaluate_seed(cfg: FindRayConfig, run_dir: Path, heldout: list[PromptResult]
     return row
 
 
+def recorded_rows(results: Path) -> dict[int, dict]:
+    """The seed rows of an earlier results file (each with the config it was trained with), so
+    that a fresh checkout continues a benchmark whose run folders it does not have."""
+    if not results.is_file():
+        return {}
+    return {row["seed"]: row for row in json.loads(results.read_text())["seeds"]}
+
+
 def spread(rows: list[dict], part: str, key: str) -> dict[str, float]:
     values = np.array([r[part][key] for r in rows if part in r])
     return {"mean": float(values.mean()), "sd": float(values.std(ddof=1) if len(values) > 1 else 0)}
@@ -195,14 +203,24 @@ def main(argv: list[str] | None = None) -> None:
     heldout = None
     if args.heldout:
         heldout = cached_base(cfg, load_suite("heldout"), runs / "base-heldout.pkl")
+    recorded = recorded_rows(Path(args.out) / f"{args.name}.json")
     rows = []
     for seed in args.seeds:
         run_dir = runs / f"seed{seed}"
+        seed_cfg = load_config(
+            args.config, [*args.overrides, f"train.seed={seed}", f"train.out_dir={run_dir}"]
+        )
+        row = recorded.get(seed)
+        if not finished_with(run_dir, seed_cfg) and row and row.get("config") == to_yaml(seed_cfg):
+            print(f"seed {seed}: reusing its row in the results file (no run folder here)")
+            rows.append(row)
+            continue
         minutes = train_seed(args.config, args.overrides, seed, run_dir)
         if np.isnan(minutes):
             minutes = json.loads((run_dir / "alignment-minutes.json").read_text())["minutes"]
         (run_dir / "alignment-minutes.json").write_text(json.dumps({"minutes": minutes}))
-        rows.append({"seed": seed, "minutes": minutes, **evaluate_seed(cfg, run_dir, heldout)})
+        row = {"seed": seed, "minutes": minutes, **evaluate_seed(cfg, run_dir, heldout)}
+        rows.append({**row, "config": to_yaml(seed_cfg)})
     summary = {
         "train_gain": spread(rows, "train", "exact_gain"),
         "exact_after": spread(rows, "train", "exact_after"),

@@ -2,6 +2,7 @@
 evaluation with the shared base, the table, and finished seeds read back, not retrained."""
 
 import json
+import shutil
 
 import pytest
 
@@ -65,3 +66,7 @@ def test_alignment_runs_seeds_and_reads_them_back(
     alignment.main(args)  # finished seeds of the same config are read back
     again = json.loads((tmp_path / "results" / "tiny.json").read_text())
     assert [r["train"] for r in again["seeds"]] == [r["train"] for r in data["seeds"]]
+    shutil.rmtree(tmp_path / "runs" / "tiny" / "seed0")  # a fresh checkout: rows, no folders
+    alignment.main(args)
+    third = json.loads((tmp_path / "results" / "tiny.json").read_text())
+    assert third["seeds"][0] == again["seeds"][0]
