@@ -35,7 +35,7 @@ from omegaconf import OmegaConf
 from find_ray.backends import make_backend
 from find_ray.config import FindRayConfig, load_config, to_yaml
 from find_ray.evaluate import PromptResult, evaluate_policy
-from find_ray.policy import diagonal_gaussian_kl, load_policy
+from find_ray.policy import load_policy
 from find_ray.rewards import make_reward
 from find_ray.run_folder import finished_with
 from find_ray.shapes.suites import load_suite
@@ -64,19 +64,17 @@ def kl_to_prior(run_dir: Path) -> float:
     """Mean over the training prompts of KL(pi(.|c) || N(0, I)), summed over the latent."""
     policy = load_policy(run_dir / "policy.safetensors")
     with torch.no_grad():
-        mu, sigma = policy.mean_std(torch.arange(policy.num_prompts))
-        kl = diagonal_gaussian_kl(mu, sigma, torch.zeros_like(mu), torch.ones_like(sigma))
-    return kl.mean().item()
+        return policy.kl_to_standard_normal(torch.arange(policy.num_prompts), "sum").mean().item()
 
 
 def cached_base(cfg: FindRayConfig, prompts: list[str], path: Path) -> list[PromptResult]:
     """The base policy's eval results on `prompts` (pickled at `path`: computed once)."""
+    key = [prompts, OmegaConf.to_yaml(OmegaConf.structured(cfg.model))]
     if path.is_file():
         cached = pickle.loads(path.read_bytes())
-        if cached["key"] == [prompts, OmegaConf.to_yaml(OmegaConf.structured(cfg.model))]:
+        if cached["key"] == key:
             return cached["results"]
     results = evaluate_policy(make_backend(cfg.model), make_reward(cfg.reward), prompts, cfg.eval)
-    key = [prompts, OmegaConf.to_yaml(OmegaConf.structured(cfg.model))]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(pickle.dumps({"key": key, "results": results}))
     return results

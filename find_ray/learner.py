@@ -177,7 +177,8 @@ class Learner:
         with torch.no_grad():
             mu, sigma = self.policy.mean_std(torch.arange(self.policy.num_prompts))
         use_drcm = self.cfg.baseline == "drcm"
-        prompt_mean = per_prompt_mean(held.reward, pid, self.policy.num_prompts)
+        if self.cfg.baseline == "prompt_mean":
+            prompt_mean = per_prompt_mean(held.reward, pid, self.policy.num_prompts)
 
         def advantage(ids: Tensor, reward: Tensor) -> Tensor:
             if self.cfg.baseline == "prompt_mean":

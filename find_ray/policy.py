@@ -57,6 +57,11 @@ def diagonal_gaussian_kl(
     return _reduce(elem, reduction)
 
 
+def standard_normal_kl(mu: Tensor, sigma: Tensor, reduction: Reduction = "sum") -> Tensor:
+    """KL(N(mu, sigma^2) || N(0, I)) of diagonal Gaussians (B, ...) -> (B,)."""
+    return _reduce(0.5 * (mu**2 + sigma**2 - 1.0) - torch.log(sigma), reduction)
+
+
 def bounded_log_sigma(raw: Tensor, sigma_min: float, sigma_max: float) -> Tensor:
     """log sigma from the raw parameter, squashed into [log sigma_min, log sigma_max].
 
@@ -118,9 +123,7 @@ class NoisePolicy(nn.Module):
 
     def kl_to_standard_normal(self, prompt_ids: Tensor, reduction: Reduction = "mean") -> Tensor:
         """KL(pi(.|c) || N(0, I)) per prompt, (B,), reduced like ``log_prob`` (a metric)."""
-        mu, sigma = self.mean_std(prompt_ids)
-        elem = 0.5 * (mu**2 + sigma**2 - 1.0) - torch.log(sigma)
-        return _reduce(elem, reduction)
+        return standard_normal_kl(*self.mean_std(prompt_ids), reduction)
 
     def regulariser(self, prompt_ids: Tensor) -> Tensor:
         """Scalar mean(mu^2 + (sigma - 1)^2): keeps the policy near pi_0."""

@@ -14,7 +14,7 @@ import torch
 from find_ray.backends import make_backend
 from find_ray.config import FindRayConfig, load_config
 from find_ray.evaluate import NoiseTransform, PromptResult, evaluate, evaluate_policy
-from find_ray.policy import diagonal_gaussian_kl
+from find_ray.policy import standard_normal_kl
 from find_ray.rewards import check_prompts, make_reward
 from find_ray.run_folder import RunPolicy, load_run_policy, read_run_config
 from find_ray.shapes.suites import load_suite
@@ -81,10 +81,7 @@ def evaluate_run(
         e.grid_samples,
         transform=transform,
     )
-    kl = [
-        diagonal_gaussian_kl(mu, sigma, torch.zeros_like(mu), torch.ones_like(sigma)).item()
-        for mu, sigma in params.values()
-    ]
+    kl = [standard_normal_kl(mu, sigma).item() for mu, sigma in params.values()]
     kind = "amortized" if run.amortized else "per-prompt"
     name = Path(suite).stem if suite else "training"
     header = [

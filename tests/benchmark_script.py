@@ -12,3 +12,21 @@ def load_benchmark(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def tiny_run_args(tmp_path: Path, tiny_dir: Path, prompts: str, samples_per_prompt: int) -> list:
+    """A benchmark's output folders and the overrides that shrink its runs to a tiny model:
+    2 sampler steps, 2 iterations, 2 eval samples per prompt."""
+    return [
+        "--out",
+        str(tmp_path / "results"),
+        "--runs",
+        str(tmp_path / "runs"),
+        f"model.path={tiny_dir}",
+        "model.steps=2",
+        f"train.prompts={prompts}",
+        "train.iterations=2",
+        f"train.samples_per_prompt={samples_per_prompt}",
+        "eval.samples_per_prompt=2",
+        "learner.loss.drcm_hidden=8",
+    ]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from find_ray.stats import expected_best_of
-from tests.benchmark_script import load_benchmark
+from tests.benchmark_script import load_benchmark, tiny_run_args
 
 ablation = load_benchmark("ablation")
 
@@ -30,17 +30,7 @@ def test_ablation_runs_end_to_end_on_a_tiny_model(tiny_shapes_dir, tmp_path, mon
         "no_drcm",
         "--pool",
         "2",
-        "--out",
-        str(tmp_path / "results"),
-        "--runs",
-        str(tmp_path / "runs"),
-        f"model.path={tiny_shapes_dir}",
-        "model.steps=2",
-        "train.prompts=[a red circle]",
-        "train.iterations=2",
-        "train.samples_per_prompt=2",
-        "eval.samples_per_prompt=2",
-        "learner.loss.drcm_hidden=8",
+        *tiny_run_args(tmp_path, tiny_shapes_dir, "[a red circle]", 2),
     ]
     ablation.main(args)
     data = json.loads((tmp_path / "results" / "ablation.json").read_text())

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from tests.benchmark_script import load_benchmark
+from tests.benchmark_script import load_benchmark, tiny_run_args
 
 alignment = load_benchmark("alignment")
 
@@ -24,20 +24,10 @@ def test_alignment_runs_seeds_and_reads_them_back(
         "0",
         "1",
         "--heldout",
-        "--out",
-        str(tmp_path / "results"),
-        "--runs",
-        str(tmp_path / "runs"),
-        f"model.path={tiny_shapes_dir}",
-        "model.steps=2",
+        *tiny_run_args(tmp_path, tiny_shapes_dir, "[a red circle,two blue squares]", 4),
         "model.guidance=1.5",
-        "train.prompts=[a red circle,two blue squares]",
-        "train.iterations=2",
-        "train.samples_per_prompt=4",
         "train.rollout_batch_size=8",
-        "eval.samples_per_prompt=2",
         "eval.batch_size=64",
-        "learner.loss.drcm_hidden=8",
         "ray.num_rollout_actors=1",
         "ray.rollouts_per_task=8",
     ]

@@ -4,7 +4,7 @@ learner's statistics read back from TensorBoard, the table and the plot."""
 import json
 
 from find_ray.config import load_config
-from tests.benchmark_script import load_benchmark
+from tests.benchmark_script import load_benchmark, tiny_run_args
 
 sweep = load_benchmark("sweep")
 
@@ -17,17 +17,7 @@ def test_sweep_cells_apply_their_factor_and_method(tiny_shapes_dir, tmp_path):
         "--methods",
         "full",
         "prompt_mean",
-        "--out",
-        str(tmp_path / "results"),
-        "--runs",
-        str(tmp_path / "runs"),
-        f"model.path={tiny_shapes_dir}",
-        "model.steps=2",
-        "train.prompts=[a red circle]",
-        "train.iterations=2",
-        "train.samples_per_prompt=4",
-        "eval.samples_per_prompt=2",
-        "learner.loss.drcm_hidden=8",
+        *tiny_run_args(tmp_path, tiny_shapes_dir, "[a red circle]", 4),
     ]
     sweep.main(args)
     data = json.loads((tmp_path / "results" / "sweep.json").read_text())
