@@ -152,18 +152,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default="configs/find-shapes.yaml")
     parser.add_argument("--factors", nargs="+", default=list(FACTORS), choices=list(FACTORS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument(
+        "--cells", nargs="+", metavar="FACTOR/METHOD", help="these cells, instead of the grid"
+    )
     parser.add_argument("--runs", default="runs/sweep", help="each cell's run folder")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("overrides", nargs="*", help="config overrides for every cell")
     args = parser.parse_args(argv)
     runs = Path(args.runs)
-    rows = [
-        run_cell(args.config, factor, method, args.overrides, runs)
-        for factor in args.factors
-        for method in args.methods
+    cells = [tuple(c.split("/", 1)) for c in args.cells or []] or [
+        (factor, method) for factor in args.factors for method in args.methods
     ]
+    for factor, method in cells:
+        if factor not in FACTORS or method not in METHODS:
+            parser.error(
+                f"unknown cell {factor}/{method}: factors {list(FACTORS)}, methods {list(METHODS)}"
+            )
     command = "python benchmarks/sweep.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_results(rows, command.strip(), Path(args.out))
+    rows = []
+    for factor, method in cells:  # results written after every cell: a killed sweep keeps them
+        rows.append(run_cell(args.config, factor, method, args.overrides, runs))
+        write_results(rows, command.strip(), Path(args.out))
 
 
 if __name__ == "__main__":
