@@ -1,22 +1,30 @@
-"""Where FIND needs its bounds: one factor at a time, with and without clipping and the DRCM.
+"""Where FIND needs its bounds: one factor at a time, under three kinds of bound.
 
-The default cell is configs/find-shapes.yaml with the true importance ratio
-(`learner.loss.logp_reduction=sum`: log-densities summed over the latent, so that the ratio,
-and so clipping, sees the real change of the distribution). Each factor changes one setting
-from it: the mean ratio (the FIND code's per-element mean), a larger natural step (alpha 1, 3;
-default 0.3), more epochs over the stored rollouts (16; default 4), staler rollouts
-(`max_policy_lag` 8; default 2) and a noisy reward (detector score + N(0, 0.3^2)). Each cell
-is trained three ways: the full method, without clipping (eps = 1e9), and with the per-prompt
-mean stored reward as baseline instead of the DRCM. One training seed per cell; the exact-match
-gain on the training prompts with its 95 % paired bootstrap CI, the mean clip fraction, the
-advantage variance after / before calibration, the largest per-update KL, the KL to N(0, I)
-and the diversity ratio.
+The default cell is configs/find-shapes.yaml. Each factor changes one setting from it: a
+larger natural step (alpha 1, 3; default 0.3), more epochs over the stored rollouts (16;
+default 4), staler rollouts (`max_policy_lag` 8; default 2) and a noisy reward (detector score
++ N(0, 0.3^2)). Each cell is trained with:
+
+- mean_clip: the shipped method, the FIND code's ratio of per-element *mean* log-densities,
+  clipped at 1 +- 0.2 (that ratio hardly leaves 1, so the clip is nominal);
+- true_clip: the true ratio (`logp_reduction=sum`, log-densities summed over the latent), PPO
+  clipped: the bound PPO means;
+- trust_region: the shipped method under a per-update KL(pi_old || pi_new) <= 20 nats per
+  prompt (about what an unconstrained default update moves: 19 mean, 30 max over 20 updates
+  of a per-prompt run), enforced by shrinking the step;
+- prompt_mean: the shipped method with the per-prompt mean stored reward as baseline instead
+  of the DRCM.
+
+One training seed per cell; the exact-match gain on the training prompts with its 95 % paired
+bootstrap CI, the mean clip fraction, the advantage variance after / before calibration, the
+largest per-update KL, the KL to N(0, I) and the diversity ratio.
 
     python benchmarks/sweep.py                       # every cell (about 12 minutes each)
-    python benchmarks/sweep.py --factors default alpha_3 --methods full no_clip
+    python benchmarks/sweep.py --factors default alpha_3 --methods mean_clip trust_region
+    python benchmarks/sweep.py --cells default/true_clip noisy_reward/prompt_mean
 
-Writes benchmarks/results/alignment/sweep.{json,md,png}; a cell whose run folder holds a
-finished run of the same config is read, not retrained.
+Writes benchmarks/results/alignment/sweep.{json,md,png} after every cell; a cell whose run
+folder holds a finished run of the same config is read, not retrained.
 """
 
 from __future__ import annotations
@@ -33,10 +41,8 @@ from find_ray.run_folder import finished_with
 from find_ray.train import train_in_process
 
 RESULTS = Path(__file__).resolve().parent / "results" / "alignment"
-DEFAULT = ["learner.loss.logp_reduction=sum"]
 FACTORS: dict[str, list[str]] = {
     "default": [],
-    "mean_ratio": ["learner.loss.logp_reduction=mean"],
     "alpha_1": ["learner.loss.policy_lr=1.0"],
     "alpha_3": ["learner.loss.policy_lr=3.0"],
     "epochs_16": ["learner.epochs=16"],
@@ -44,8 +50,9 @@ FACTORS: dict[str, list[str]] = {
     "noisy_reward": ["reward.noise_std=0.3"],
 }
 METHODS: dict[str, list[str]] = {
-    "full": [],
-    "no_clip": ["learner.loss.eps=1e9"],
+    "mean_clip": [],
+    "true_clip": ["learner.loss.logp_reduction=sum"],
+    "trust_region": ["learner.target_kl=20"],
     "prompt_mean": ["learner.baseline=prompt_mean"],
 }
 
@@ -54,7 +61,9 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
     """Every scalar the run logged to TensorBoard, by tag, in step order."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events = EventAccumulator(
+        str(run_dir / "tensorboard"), size_guidance={"scalars": 0}, purge_orphaned_data=False
+    )
     events.Reload()
     return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
@@ -89,7 +98,7 @@ def run_cell(config: str, factor: str, method: str, overrides: list[str], runs: 
     run_dir = runs / f"{factor}-{method}"
     cfg = load_config(
         config,
-        [*DEFAULT, *FACTORS[factor], *METHODS[method], *overrides, f"train.out_dir={run_dir}"],
+        [*FACTORS[factor], *METHODS[method], *overrides, f"train.out_dir={run_dir}"],
     )
     if finished_with(run_dir, cfg):
         print(f"{factor}/{method}: reusing the finished run in {run_dir}")

@@ -15,7 +15,7 @@ def test_sweep_cells_apply_their_factor_and_method(tiny_shapes_dir, tmp_path):
         "default",
         "noisy_reward",
         "--methods",
-        "full",
+        "true_clip",
         "prompt_mean",
         *tiny_run_args(tmp_path, tiny_shapes_dir, "[a red circle]", 4),
     ]
@@ -23,14 +23,16 @@ def test_sweep_cells_apply_their_factor_and_method(tiny_shapes_dir, tmp_path):
     data = json.loads((tmp_path / "results" / "sweep.json").read_text())
     cells = [(c["factor"], c["method"]) for c in data["cells"]]
     assert cells == [
-        ("default", "full"),
+        ("default", "true_clip"),
         ("default", "prompt_mean"),
-        ("noisy_reward", "full"),
+        ("noisy_reward", "true_clip"),
         ("noisy_reward", "prompt_mean"),
     ]
     noisy = load_config(tmp_path / "runs" / "noisy_reward-prompt_mean" / "config.yaml")
     assert noisy.reward.noise_std == 0.3 and noisy.learner.baseline == "prompt_mean"
-    assert noisy.learner.loss.logp_reduction == "sum"  # the sweep's default: the true ratio
+    assert noisy.learner.loss.logp_reduction == "mean"  # the shipped ratio, but for true_clip
+    true = load_config(tmp_path / "runs" / "noisy_reward-true_clip" / "config.yaml")
+    assert true.learner.loss.logp_reduction == "sum" and true.learner.baseline == "drcm"
     for cell in data["cells"]:
         assert 0 <= cell["clip_fraction"] <= 1 and cell["kl_to_prior"] >= 0
         assert {"gain", "low", "high"} <= set(cell["exact"])
