@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,12 +17,12 @@ from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from find_ray.backends import make_backend
+from find_ray.backends import Backend, make_backend
 from find_ray.config import FindRayConfig
 from find_ray.evaluate import PromptResult, evaluate_policy, fmt, suite_grid
 from find_ray.images import stack
 from find_ray.learner import Learner
-from find_ray.rewards import check_prompts, make_reward
+from find_ray.rewards import RewardFn, check_prompts, make_reward
 from find_ray.rollout import RolloutWorker, iteration_prompt_ids, score_rollouts
 from find_ray.shapes.suites import load_suite
 from find_ray.stats import paired_bootstrap_ci
@@ -43,6 +44,51 @@ class TrainResult:
     gains: dict[str, tuple[float, float, float]]  # metric -> (gain, low, high), paired CI
 
 
+class FindLoop:
+    """The in-process FIND loop: each iteration draws rollouts of the current policy, scores
+    them, stores them and updates the learner; iterating yields each iteration's metrics."""
+
+    def __init__(
+        self, cfg: FindRayConfig, backend: Backend, reward: RewardFn, prompts: list[str]
+    ) -> None:
+        self.cfg, self.reward, self.prompts = cfg, reward, prompts
+        self.learner = Learner(
+            cfg.learner,
+            backend.latent_shape,
+            backend.encode_prompts(prompts),
+            cfg.train.seed,
+            cfg.policy,
+        )
+        self.worker = RolloutWorker(
+            backend,
+            prompts,
+            cfg.train.rollout_batch_size,
+            cfg.learner.loss.logp_reduction,
+            cfg.train.seed,
+        )
+        self.rollouts = 0  # drawn so far (the next rollout's id)
+
+    def __iter__(self) -> Iterator[dict[str, float]]:
+        t, drops = self.cfg.train, Counter[str]()
+        for it in range(t.iterations):
+            ids = iteration_prompt_ids(
+                len(self.prompts), t.samples_per_prompt, t.prompts_per_iteration, it, t.seed
+            )
+            self.worker.set_weights(*self.learner.weights())
+            rollout_ids = list(range(self.rollouts, self.rollouts + len(ids)))
+            rollouts, images = self.worker.rollout(ids, rollout_ids)
+            self.rollouts += len(ids)
+            scored, dropped = score_rollouts(self.reward, rollouts, images, self.prompts)
+            drops.update({reason: len(ids) for reason, ids in dropped.items()})
+            self.learner.add(scored)
+            metrics = self.learner.update()
+            rewards = [r.reward for r in scored]
+            metrics.update(reward_metrics(rewards, [r.prompt_id for r in scored]))
+            for reason, n in drops.items():
+                metrics[f"drops/{reason}"] = float(n)
+            yield metrics
+
+
 def train_in_process(cfg: FindRayConfig) -> TrainResult:
     """Runs FIND, evaluates before/after on the same seeds and writes the report."""
     prompts = train_prompts(cfg)
@@ -51,49 +97,21 @@ def train_in_process(cfg: FindRayConfig) -> TrainResult:
     (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     backend = make_backend(cfg.model)
     reward = make_reward(cfg.reward)
-    learner = Learner(
-        cfg.learner,
-        backend.latent_shape,
-        backend.encode_prompts(prompts),
-        cfg.train.seed,
-        cfg.policy,
-    )
-    worker = RolloutWorker(
-        backend,
-        prompts,
-        cfg.train.rollout_batch_size,
-        cfg.learner.loss.logp_reduction,
-        cfg.train.seed,
-    )
     writer = SummaryWriter(str(out / "tensorboard"))
-    drops: Counter[str] = Counter()
-    next_id, history = 0, []
-    t = cfg.train
-    bar = tqdm(range(t.iterations), desc="find", unit="it")
-    for it in bar:
-        ids = iteration_prompt_ids(
-            len(prompts), t.samples_per_prompt, t.prompts_per_iteration, it, t.seed
-        )
-        worker.set_weights(*learner.weights())
-        rollouts, images = worker.rollout(ids, list(range(next_id, next_id + len(ids))))
-        next_id += len(ids)
-        scored, dropped = score_rollouts(reward, rollouts, images, prompts)
-        drops.update({reason: len(ids) for reason, ids in dropped.items()})
-        learner.add(scored)
-        metrics = learner.update()
-        metrics.update(reward_metrics([r.reward for r in scored], [r.prompt_id for r in scored]))
-        for reason, n in drops.items():
-            metrics[f"drops/{reason}"] = float(n)
+    history = []
+    loop = FindLoop(cfg, backend, reward, prompts)
+    bar = tqdm(loop, "find", cfg.train.iterations, unit="it")
+    for it, metrics in enumerate(bar):
         history.append(metrics)
         for key, value in metrics.items():
             writer.add_scalar(key, value, it)
         bar.set_postfix(
             reward=f"{metrics['reward_mean']:.3f}", clip=f"{metrics.get('clip_fraction', 0):.2f}"
         )
-    learner.policy.save(out / "policy.safetensors", cfg.train.iterations, prompts)
-    torch.save(learner.state_dict(), out / "learner.pt")
+    loop.learner.policy.save(out / "policy.safetensors", cfg.train.iterations, prompts)
+    torch.save(loop.learner.state_dict(), out / "learner.pt")
     before = evaluate_policy(backend, reward, prompts, cfg.eval)
-    after = evaluate_policy(backend, reward, prompts, cfg.eval, learner.policy)
+    after = evaluate_policy(backend, reward, prompts, cfg.eval, loop.learner.policy)
     report, gains = write_find_report(cfg, prompts, before, after, out)
     writer.close()
     return TrainResult(out, report, history, gains)
