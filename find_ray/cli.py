@@ -1,4 +1,4 @@
-"""`find-ray`: sample | eval | train | serve | pretrain-shapes.
+"""`find-ray`: sample | eval | train | bench | serve | pretrain-shapes.
 
 Every command takes `--config FILE` and `key=value` overrides; user errors print one line and
 exit with status 2.
@@ -107,6 +107,13 @@ def cmd_train(args) -> None:
     print(f"report: {train_with_ray(cfg).report}")
 
 
+def cmd_bench(args) -> None:
+    from find_ray.bench import load_bench_config, run_bench
+
+    cfg = load_bench_config(args.config, args.overrides)
+    print(f"table: {run_bench(cfg, args.methods)}")
+
+
 def cmd_serve(args) -> None:
     from find_ray.serve.launch import serve_forever
     from find_ray.serve.schema import ServeArgs
@@ -160,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a Ray run from its checkpoint")
     _common(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("bench", help="FIND and its peers on equal denoiser budgets")
+    p.add_argument("--methods", nargs="+", help="run only these (default: bench.methods)")
+    _common(p)
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("serve", help="serve a run's noise policy over HTTP (Ray Serve)")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by `find-ray train`")

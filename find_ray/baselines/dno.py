@@ -14,9 +14,9 @@ was trained, so that the reward is not hacked by out-of-distribution noise.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm import tqdm
@@ -146,6 +146,7 @@ class DNOResult:
     rewards: torch.Tensor
     final_images: torch.Tensor
     final_rewards: torch.Tensor
+    snapshots: dict[int, torch.Tensor] = field(default_factory=dict)  # iteration -> images
 
 
 @contextmanager
@@ -188,6 +189,7 @@ def optimise_noise(
     shuffles: int = 100,
     weight_decay: float = 0.01,
     max_grad_norm: float = 1.0,
+    snapshots: Collection[int] = (),
 ) -> DNOResult:
     """DNO: maximises reward_fn(images, prompts) (B,) - gamma * regulariser over z_T and the
     step noises of the stochastic chain, one noise set per prompt.
@@ -204,6 +206,8 @@ def optimise_noise(
 
     As in the reference the optimiser is AdamW (torch defaults but `lr`, weight decay 0.01)
     and each prompt's noise gradient is clipped to norm `max_grad_norm` before the step.
+    snapshots: iterations after which the images are rendered (one more no-grad chain each,
+        but for the last iteration, whose images are `final_images`) into `snapshots`.
     Cost per iteration: B T NFE forward (x2 under guidance) plus the same again recomputed in
     the backward pass, plus B T `samples` NFE without gradient when gradient=False.
     """
@@ -230,10 +234,10 @@ def optimise_noise(
     def reward(images: torch.Tensor) -> torch.Tensor:
         return reward_fn(images, prompts).float()
 
-    history = []
+    history, taken = [], {}
     bar = tqdm(range(iterations), desc="dno", disable=not progress)
     with _frozen(chain.unet, chain.vae):
-        for _ in bar:
+        for i in bar:
             optimiser.zero_grad()
             images = render(noise)
             if gradient:
@@ -265,6 +269,9 @@ def optimise_noise(
                 noise.grad.mul_(scale.view(-1, *[1] * (noise.dim() - 1)))
             optimiser.step()
             history.append(rewards.detach())
+            if i + 1 in snapshots and i + 1 < iterations:  # the last one is final_images
+                with torch.no_grad():
+                    taken[i + 1] = render(noise)
             bar.set_postfix(reward=f"{rewards.mean().item():.4f}")
         with torch.no_grad():
             final_images = render(noise)
@@ -276,4 +283,5 @@ def optimise_noise(
         rewards=torch.stack(history) if history else torch.empty(0, len(prompts)),
         final_images=final_images,
         final_rewards=final_rewards,
+        snapshots={**taken, iterations: final_images} if iterations in snapshots else taken,
     )

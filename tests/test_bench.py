@@ -1,0 +1,78 @@
+"""`find-ray bench` end to end on a tiny random shapes model: every method, its NFE accounting,
+the table and plot, resuming from saved points, and config errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from find_ray import bench as bench_module
+from find_ray.bench import load_bench_config, run_bench
+from find_ray.cli import main
+from find_ray.errors import ConfigError
+
+
+def tiny_bench(tiny_shapes_dir, out) -> list[str]:
+    return [
+        f"model.path={tiny_shapes_dir}",
+        "model.steps=2",
+        "model.guidance=1.5",
+        "bench.prompts=[a red circle,a blue square]",
+        "bench.eval_samples=4",
+        "bench.best_of=[2,4]",
+        "bench.budgets=[40,100]",
+        "bench.find=[train.samples_per_prompt=2,learner.minibatch_size=4]",
+        "bench.ddpo.sample_batches=2",
+        "bench.drtune.batch_size=2",
+        "bench.drtune.train_steps=1",
+        "bench.dno.iterations=[1,2]",
+        "bench.surrogate.images_per_prompt=4",
+        "bench.surrogate.epochs=1",
+        f"bench.out_dir={out}",
+    ]
+
+
+def test_bench_runs_every_method_with_its_accounting(tiny_shapes_dir, tmp_path, monkeypatch):
+    out = tmp_path / "bench"
+    cfg = load_bench_config("configs/bench-shapes.yaml", tiny_bench(tiny_shapes_dir, out))
+    table = run_bench(cfg, progress=False)
+    data = json.loads((out / "bench.json").read_text())
+    by_method: dict[str, list[dict]] = {}
+    for p in data["points"]:
+        by_method.setdefault(p["method"], []).append(p)
+    assert set(by_method) == {"base", "best_of_n", "find", "ddpo", "drtune", "dno"}
+    calls = 2 * 2  # 2 steps, guidance doubles
+    (base,) = by_method["base"]
+    assert base["exact_gain"][0] == 0 and base["inference_nfe"] == calls
+    assert [p["inference_nfe"] for p in by_method["best_of_n"]] == [2 * calls, 4 * calls]
+    assert [p["inference_nfe"] for p in by_method["dno"]] == [
+        1 * 2 * calls + calls,
+        2 * 2 * calls + calls,
+    ]
+    for method in ("find", "ddpo", "drtune"):
+        points = by_method[method]
+        assert [p["label"] for p in points] == ["40 NFE", "100 NFE"]
+        # each point is evaluated at the first step that passes its budget
+        assert 40 <= points[0]["train_nfe"] < 100 + 200 and points[1]["train_nfe"] >= 100
+        assert points[0]["inference_nfe"] == calls
+    assert by_method["find"][0]["kl"] >= 0  # the policy's KL to N(0, I)
+    assert data["surrogate"]["heldout"]["pairs"] > 0  # the surrogate was trained and reported
+    text = table.read_text()
+    assert "| ddpo | 100 NFE |" in text and "Surrogate reward" in text
+    assert (out / "bench.png").stat().st_size > 0
+
+    def fail(_):
+        raise AssertionError("a method with saved points was trained again")
+
+    monkeypatch.setitem(bench_module.RUNNERS, "find", fail)
+    run_bench(cfg, ["find"], progress=False)  # reads points/find.json
+
+
+def test_bench_config_errors_name_the_key(tiny_shapes_dir, tmp_path, capsys):
+    with pytest.raises(ConfigError, match="bench.methods"):
+        load_bench_config(None, ["bench.methods=[find,dpok]"])
+    with pytest.raises(ConfigError, match="bench.nope"):
+        load_bench_config(None, ["bench.nope=1"])
+    assert main(["bench", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
