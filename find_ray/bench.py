@@ -52,7 +52,7 @@ from find_ray.evaluate import (
     score_eval_batch,
 )
 from find_ray.policy import standard_normal_kl
-from find_ray.rewards import make_reward
+from find_ray.rewards import make_differentiable_reward, make_reward
 from find_ray.shapes.suites import load_suite
 from find_ray.stats import expected_best_of, paired_bootstrap_ci
 
@@ -225,8 +225,12 @@ class Bench:
             kl,
         )
 
-    def surrogate(self) -> Callable:
-        """The differentiable shapes reward (trained once, cached in out/surrogate)."""
+    def differentiable_reward(self) -> Callable:
+        """The reward DNO and DRTune follow: the reward's own differentiable form, or on the
+        shapes world (whose detector has none) the surrogate, trained once and cached in
+        out/surrogate."""
+        if self.cfg.reward.name != "shapes":
+            return make_differentiable_reward(self.cfg.reward)
         if self._surrogate is None:
             from find_ray.baselines.surrogate import (
                 SurrogateReward,
@@ -390,7 +394,7 @@ def run_ddpo(bench: Bench) -> list[Point]:
 
 def run_drtune(bench: Bench) -> list[Point]:
     m, cfg = bench.cfg.model, bench.s.drtune
-    reward = bench.surrogate()
+    reward = bench.differentiable_reward()
 
     def make(pipe):
         chain = DenoisingChain(pipe, m.steps, m.guidance, cfg.eta)
@@ -407,7 +411,7 @@ def run_dno(bench: Bench) -> list[Point]:
     s, m = bench.s, bench.cfg.model
     backend = bench.backend()
     chain = DenoisingChain(backend.pipe, m.steps, m.guidance, s.dno.eta)
-    reward = bench.surrogate()
+    reward = bench.differentiable_reward()
     z = bench.eval_z(backend.latent_shape)
     prompts = [p for p in bench.prompts for _ in range(s.eval_samples)]
     counter = NFECounter(chain.unet)
@@ -502,6 +506,8 @@ def run_bench(cfg: BenchConfig, methods: list[str] | None = None, progress: bool
 
 def _ci(gain: tuple[float, float, float]) -> str:
     g, low, high = gain
+    if math.isnan(g):
+        return "n/a"
     if math.isnan(low):
         return f"{g:+.3f}"
     return f"{g:+.3f} [{low:+.3f}, {high:+.3f}]"
@@ -515,14 +521,15 @@ def markdown(points: list[Point], prompts: list[str], surrogate: dict) -> str:
     lines = [
         f"Prompts ({len(prompts)}): " + "; ".join(prompts),
         "",
-        "| method | point | exact | exact gain vs base [95 % CI] | score gain [95 % CI] | "
+        "| method | point | exact | exact gain vs base [95 % CI] | score | score gain [95 % CI] | "
         "train NFE | inference NFE / image | wall s | KL to N(0, I) | diversity ratio |",
-        "|---|---|---:|---|---|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for p in points:
         lines.append(
-            f"| {p.method} | {p.label} | {p.exact:.3f} | {_ci(p.exact_gain)} | "
-            f"{_ci(p.score_gain)} | {p.train_nfe} | {p.inference_nfe:.0f} | {p.wall_s:.0f} | "
+            f"| {p.method} | {p.label} | {_num(p.exact, '.3f')} | {_ci(p.exact_gain)} | "
+            f"{p.score:.3f} | {_ci(p.score_gain)} | {p.train_nfe} | {p.inference_nfe:.0f} | "
+            f"{p.wall_s:.0f} | "
             f"{_num(p.kl, '.3g')} | {_num(p.diversity_ratio, '.2f')} |"
         )
     held = surrogate.get("heldout")
@@ -536,13 +543,27 @@ def markdown(points: list[Point], prompts: list[str], surrogate: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def headline(points: list[Point]) -> str:
+    """The metric the plot shows: exact match where the reward gives it, else the score."""
+    return "exact" if all(math.isfinite(p.exact) for p in points) else "score"
+
+
 def plot(points: list[Point], path: Path) -> None:
-    """Exact match against training NFE (trained methods) and against inference NFE per
-    image (base, best-of-N, DNO, and the trained methods at their final budget)."""
+    """The headline metric against training NFE (trained methods) and against inference NFE
+    per image (base, best-of-N, DNO, and the trained methods at their final budget)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    metric = headline(points)
+
+    def y(ps: list[Point]) -> list[float]:
+        return [getattr(p, metric) for p in ps]
+
+    def yerr(ps: list[Point]) -> list[list[float]]:  # the paired CI of the gain
+        gains = [getattr(p, f"{metric}_gain") for p in ps]
+        return [[g - low for g, low, _ in gains], [high - g for g, _, high in gains]]
 
     fig, (train_ax, infer_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
     base = [p for p in points if p.method == "base"]
@@ -551,36 +572,26 @@ def plot(points: list[Point], path: Path) -> None:
         if mine:
             train_ax.errorbar(
                 [p.train_nfe for p in mine],
-                [p.exact for p in mine],
-                yerr=_yerr(mine),
+                y(mine),
+                yerr=yerr(mine),
                 marker="o",
                 capsize=3,
                 label=method,
             )
-            last = mine[-1]
-            infer_ax.scatter([last.inference_nfe], [last.exact], marker="s", label=method)
+            infer_ax.scatter([mine[-1].inference_nfe], y(mine[-1:]), marker="s", label=method)
     for method in ("best_of_n", "dno"):
         mine = sorted((p for p in points if p.method == method), key=lambda p: p.inference_nfe)
         if mine:
-            infer_ax.plot(
-                [p.inference_nfe for p in mine], [p.exact for p in mine], marker="o", label=method
-            )
+            infer_ax.plot([p.inference_nfe for p in mine], y(mine), marker="o", label=method)
+    label = "eval exact match" if metric == "exact" else "eval reward score"
     for ax in (train_ax, infer_ax):
         if base:
-            ax.axhline(base[0].exact, color="gray", linestyle="--", label="base")
+            ax.axhline(y(base)[0], color="gray", linestyle="--", label="base")
         ax.set_xscale("log")
-        ax.set_ylabel("eval exact match")
+        ax.set_ylabel(label)
         ax.legend(fontsize=8)
     train_ax.set(xlabel="training NFE", title="Training budget")
     infer_ax.set(xlabel="inference NFE per image", title="Inference budget")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def _yerr(points: list[Point]) -> list[list[float]]:
-    """Error bars from the paired CI of the gain, around the point's exact match."""
-    return [
-        [p.exact_gain[0] - p.exact_gain[1] for p in points],
-        [p.exact_gain[2] - p.exact_gain[0] for p in points],
-    ]

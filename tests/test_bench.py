@@ -76,3 +76,41 @@ def test_bench_config_errors_name_the_key(tiny_shapes_dir, tmp_path, capsys):
         load_bench_config(None, ["bench.nope=1"])
     assert main(["bench", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
+
+
+def test_bench_runs_on_a_tiny_sd_pipeline_with_clipscore(tmp_path):
+    """configs/bench-sd15.yaml on CPU with a tiny random SD pipeline and a tiny CLIP: every
+    method runs through the VAE and the differentiable CLIPScore; no exact match, so the
+    table and plot use the score."""
+    from tests.tiny_pipelines import save_tiny
+    from tests.tiny_rewards import tiny_reward
+
+    out = tmp_path / "bench"
+    overrides = [
+        f"model.path={save_tiny('sd', tmp_path / 'sd')}",
+        "model.device=cpu",
+        "model.dtype=float32",
+        "model.height=0",
+        "model.width=0",
+        "model.steps=2",
+        "reward.device=cpu",
+        *tiny_reward("clipscore", tmp_path / "clip"),
+        "bench.prompts=[a cat]",
+        "bench.eval_samples=2",
+        "bench.best_of=[2]",
+        "bench.budgets=[30]",
+        "bench.find=[train.samples_per_prompt=2,learner.minibatch_size=2]",
+        "bench.ddpo.sample_batch_size=1",
+        "bench.ddpo.sample_batches=2",
+        "bench.ddpo.train_batch_size=1",
+        "bench.drtune.batch_size=1",
+        "bench.drtune.train_steps=1",
+        "bench.dno.iterations=[1]",
+        f"bench.out_dir={out}",
+    ]
+    assert main(["bench", "--config", "configs/bench-sd15.yaml", *overrides]) == 0
+    data = json.loads((out / "bench.json").read_text())
+    assert {p["method"] for p in data["points"]} == set(bench_module.METHODS)
+    assert data["surrogate"] == {}  # CLIPScore's own gradient, no surrogate
+    assert all(p["score"] == p["score"] for p in data["points"])  # finite scores
+    assert "| dno | 1 it |" in (out / "bench.md").read_text()
