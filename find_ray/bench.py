@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from find_ray.backends import denoiser_calls, make_backend
 from find_ray.baselines.chain import DenoisingChain
@@ -40,7 +39,13 @@ from find_ray.baselines.ddpo import DDPOConfig, DDPOTrainer
 from find_ray.baselines.dno import optimise_noise
 from find_ray.baselines.drtune import DRTuneConfig, DRTuneTrainer
 from find_ray.baselines.nfe import NFECounter
-from find_ray.config import FindRayConfig, ModelConfig, RewardConfig, load_config
+from find_ray.config import (
+    FindRayConfig,
+    ModelConfig,
+    RewardConfig,
+    load_config,
+    load_structured,
+)
 from find_ray.errors import ConfigError
 from find_ray.evaluate import (
     EvalCollector,
@@ -112,17 +117,7 @@ class BenchConfig:
 
 def load_bench_config(path: str | Path | None, overrides: list[str] | None = None) -> BenchConfig:
     """The validated bench config from a YAML file and `key=value` overrides."""
-    try:
-        merged = OmegaConf.structured(BenchConfig)
-        if path is not None:
-            if not Path(path).is_file():
-                raise ConfigError(f"config file not found: {path}")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides or [])))
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or "?"
-        raise ConfigError(f"config key '{key}': {str(e).splitlines()[0]}") from None
+    return load_structured(BenchConfig, path, overrides)
 
 
 @dataclass

@@ -198,10 +198,11 @@ class FindRayConfig:
         )
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None):
-    """The validated FindRayConfig from a YAML file (optional) and `key=value` overrides."""
+def load_structured(schema: type, path: str | Path | None, overrides: list[str] | None):
+    """An instance of the dataclass `schema` from a YAML file (optional) and `key=value`
+    overrides, validated: unknown keys, wrong types and invalid values raise ConfigError."""
     try:
-        merged = OmegaConf.structured(FindRayConfig)
+        merged = OmegaConf.structured(schema)
         if path is not None:
             if not Path(path).is_file():
                 raise ConfigError(f"config file not found: {path}")
@@ -215,6 +216,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         key = getattr(e, "full_key", None) or "?"
         message = str(e).splitlines()[0]
         raise ConfigError(f"config key '{key}': {message}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None):
+    """The validated FindRayConfig from a YAML file (optional) and `key=value` overrides."""
+    return load_structured(FindRayConfig, path, overrides)
 
 
 def to_yaml(cfg: FindRayConfig) -> str:

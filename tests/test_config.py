@@ -7,12 +7,19 @@ from find_ray.backends import check_model
 from find_ray.config import SHAPES_MODEL, FindRayConfig, load_config, to_yaml
 from find_ray.errors import ConfigError, ModelPathError
 
-# Training configs; a Ray Serve config (top-level `applications`) is tested in test_serve.py.
-CONFIGS = [
-    path
-    for path in sorted(Path(__file__).resolve().parent.parent.glob("configs/*.yaml"))
-    if "applications" not in yaml.safe_load(path.read_text())
-]
+# Training configs; a Ray Serve config (top-level `applications`) is tested in test_serve.py,
+# the bench configs (top-level `bench`) below.
+SHIPPED = sorted(Path(__file__).resolve().parent.parent.glob("configs/*.yaml"))
+CONFIGS = [p for p in SHIPPED if not {"applications", "bench"} & set(yaml.safe_load(p.read_text()))]
+BENCH_CONFIGS = [p for p in SHIPPED if "bench" in yaml.safe_load(p.read_text())]
+
+
+@pytest.mark.parametrize("path", BENCH_CONFIGS, ids=lambda p: p.name)
+def test_shipped_bench_configs_are_valid(path):
+    from find_ray.bench import load_bench_config
+
+    cfg = load_bench_config(path)
+    assert cfg.bench.methods and cfg.bench.budgets == sorted(cfg.bench.budgets)
 
 
 def test_defaults_and_overrides():

@@ -9,6 +9,7 @@ method; its options say where gradients flow.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,10 @@ from diffusers import DDIMScheduler
 from torch.utils.checkpoint import checkpoint as checkpointed
 
 from find_ray.errors import ConfigError
+
+# (images (B, 3, H, W) in [0, 1], prompts) -> (B,) scores: what the peers optimise (DNO and
+# DRTune differentiate it, DDPO only calls it)
+ScoreFn = Callable[[torch.Tensor, list[str]], torch.Tensor]
 
 
 @dataclass

@@ -12,19 +12,14 @@ step with the gradient norm clipped.
 
 from __future__ import annotations
 
-import copy
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from find_ray.baselines.chain import Conditions, DenoisingChain
-from find_ray.baselines.lora import add_lora
-from find_ray.baselines.nfe import NFECounter
-
-RewardFn = Callable[[torch.Tensor, list[str]], torch.Tensor]
+from find_ray.baselines.chain import Conditions, DenoisingChain, ScoreFn
+from find_ray.baselines.lora import LoraTrainer
 
 
 @dataclass
@@ -194,7 +189,7 @@ def _cat(cs: list[Conditions]) -> Conditions:
     return Conditions(torch.cat([c.cond for c in cs]), uncond)
 
 
-class DDPOTrainer:
+class DDPOTrainer(LoraTrainer):
     """DDPO with LoRA on `pipe_or_chain`'s UNet (the base weights stay frozen).
 
     reward_fn(images (B, 3, H, W) in [0, 1], prompts) -> (B,) rewards, no gradient needed.
@@ -206,20 +201,24 @@ class DDPOTrainer:
     def __init__(
         self,
         pipe_or_chain: Any,
-        reward_fn: RewardFn,
+        reward_fn: ScoreFn,
         prompts: list[str],
         config: DDPOConfig | None = None,
         seed: int = 0,
     ):
         self.config = config = config or DDPOConfig()
-        if isinstance(pipe_or_chain, DenoisingChain):
-            self.chain = pipe_or_chain
-        else:
-            self.chain = DenoisingChain(pipe_or_chain, config.steps, config.guidance, config.eta)
+        super().__init__(
+            pipe_or_chain,
+            prompts,
+            config,
+            seed,
+            lr=config.lr,
+            betas=config.adam_betas,
+            weight_decay=config.weight_decay,
+            eps=config.adam_eps,
+        )
         if self.chain.eta == 0:
             raise ValueError("DDPO trains a stochastic sampler: eta must be > 0")
-        if not prompts:
-            raise ValueError("DDPO needs at least one training prompt")
         samples = config.sample_batch_size * config.sample_batches
         per_step = config.train_batch_size * config.gradient_accumulation_steps
         if samples % per_step:
@@ -231,34 +230,9 @@ class DDPOTrainer:
         self.train_timesteps = int(len(self.steps) * config.timestep_fraction)
         if self.train_timesteps < 1:
             raise ValueError("timestep_fraction leaves no (stochastic) timestep to train on")
-        self.reward_fn, self.prompts = reward_fn, list(prompts)
-        self.unet = self.chain.unet
-        self.params = add_lora(self.unet, config.rank)
-        self.optimizer = torch.optim.AdamW(
-            self.params,
-            lr=config.lr,
-            betas=config.adam_betas,
-            weight_decay=config.weight_decay,
-            eps=config.adam_eps,
-        )
+        self.reward_fn = reward_fn
         self.stats = PerPromptStats(config.stat_buffer_size, config.stat_min_count)
-        self.counter = NFECounter(self.unet)
-        self.generator = torch.Generator().manual_seed(seed)
         self.optimizer_steps = 0
-
-    @property
-    def train_nfe(self) -> int:
-        return self.counter["train"]
-
-    @property
-    def inference_nfe(self) -> int:
-        return self.counter["inference"]
-
-    def _noise(self, n: int) -> torch.Tensor:
-        cfg = self.unet.config
-        shape = (n, cfg.in_channels, cfg.sample_size, cfg.sample_size)
-        z = torch.randn(shape, generator=self.generator)
-        return z.to(device=self.unet.device, dtype=self.unet.dtype)
 
     def _advantages(self, prompts: list[str], rewards: torch.Tensor) -> torch.Tensor:
         if self.config.per_prompt_stat_tracking:
@@ -273,13 +247,10 @@ class DDPOTrainer:
             self.unet.eval()
             rollouts, conds, prompts, rewards = [], [], [], []
             for _ in range(cfg.sample_batches):
-                picks = torch.randint(
-                    len(self.prompts), (cfg.sample_batch_size,), generator=self.generator
-                )
-                batch_prompts = [self.prompts[i] for i in picks.tolist()]
+                batch_prompts = self.draw_prompts(cfg.sample_batch_size)
                 c = chain.conditions(batch_prompts)
                 rollout = sample_with_log_probs(
-                    chain, c, self._noise(len(batch_prompts)), self.generator
+                    chain, c, self.noise(len(batch_prompts)), self.generator
                 )
                 with torch.no_grad():
                     r = self.reward_fn(rollout.images, batch_prompts)
@@ -334,21 +305,9 @@ class DDPOTrainer:
         out.update(reward_mean=reward.mean().item(), reward_std=reward.std(unbiased=False).item())
         return out
 
-    @torch.no_grad()
     def generate(
-        self,
-        prompts: list[str],
-        z_T: torch.Tensor | None = None,
-        eta: float | None = None,
-        generator: torch.Generator | None = None,
+        self, prompts: list[str], z_T: torch.Tensor | None = None, eta: float | None = None
     ) -> torch.Tensor:
-        """Images (B, 3, H, W) in [0, 1] from the current (LoRA) UNet, with eta `eta` (default
-        config.eval_eta); step noises from `generator` (default the trainer's)."""
-        chain = copy.copy(self.chain)
-        chain.eta = self.config.eval_eta if eta is None else eta
-        z = self._noise(len(prompts)) if z_T is None else z_T
-        with self.counter.phase("inference"):
-            trajectory = chain.sample(
-                z, chain.conditions(prompts), generator=generator or self.generator
-            )
-        return chain.decode(trajectory.final)
+        """Images of the tuned UNet with eta `eta` (default config.eval_eta: ddpo-pytorch
+        evaluates with its training sampler)."""
+        return super().generate(prompts, z_T, self.config.eval_eta if eta is None else eta)

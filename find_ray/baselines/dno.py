@@ -21,9 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from find_ray.baselines.chain import Conditions, DenoisingChain
-
-RewardFn = Callable[[torch.Tensor, list[str]], torch.Tensor]
+from find_ray.baselines.chain import Conditions, DenoisingChain, ScoreFn
 
 
 def _randn(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None):
@@ -173,7 +171,7 @@ def _render(chain: DenoisingChain, noise: torch.Tensor, c: Conditions, dtype: to
 def optimise_noise(
     chain: DenoisingChain,
     prompts: list[str],
-    reward_fn: RewardFn,
+    reward_fn: ScoreFn,
     *,
     z_T: torch.Tensor,
     iterations: int = 50,

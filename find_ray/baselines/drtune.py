@@ -15,19 +15,14 @@ The chain is deterministic DDIM (eta = 0) by default, as in the paper.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from find_ray.baselines.chain import Conditions, DenoisingChain
-from find_ray.baselines.lora import add_lora
-from find_ray.baselines.nfe import NFECounter
+from find_ray.baselines.chain import Conditions, DenoisingChain, ScoreFn
+from find_ray.baselines.lora import LoraTrainer
 from find_ray.errors import ConfigError
-
-RewardFn = Callable[[torch.Tensor, list[str]], torch.Tensor]
-"""(images (B, 3, H, W) in [0, 1], prompts) -> rewards (B,), differentiable in the images."""
 
 
 @dataclass
@@ -100,7 +95,7 @@ def drtune_loss(
     conditions: Conditions,
     z_T: torch.Tensor,
     prompts: list[str],
-    reward_fn: RewardFn,
+    reward_fn: ScoreFn,
     config: DRTuneConfig,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, DRTuneInfo]:
@@ -124,7 +119,7 @@ def drtune_loss(
     return -rewards.mean(), DRTuneInfo(stop, sorted(steps), rewards.detach())
 
 
-class DRTuneTrainer:
+class DRTuneTrainer(LoraTrainer):
     """DRTune on a pipeline's UNet (LoRA, AdamW, gradient clipping), counting its NFE.
 
     pipe_or_chain: a diffusers pipeline (a DDIM chain is built from the config's steps,
@@ -136,56 +131,24 @@ class DRTuneTrainer:
     def __init__(
         self,
         pipe_or_chain: Any,
-        reward_fn: RewardFn,
+        reward_fn: ScoreFn,
         prompts: list[str],
         config: DRTuneConfig | None = None,
         seed: int = 0,
     ):
         self.config = config = config or DRTuneConfig()
-        if isinstance(pipe_or_chain, DenoisingChain):
-            if pipe_or_chain.eta != config.eta:
-                raise ConfigError(
-                    f"drtune: the chain's eta {pipe_or_chain.eta} is not the config's {config.eta}"
-                )
-            self.chain = pipe_or_chain
-        else:
-            self.chain = DenoisingChain(pipe_or_chain, config.steps, config.guidance, config.eta)
-        if not prompts:
-            raise ConfigError("drtune: no training prompts")
-        self.reward_fn, self.prompts = reward_fn, list(prompts)
-        unet = self.chain.unet
-        self.params = add_lora(unet, config.rank)
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=config.lr, weight_decay=config.weight_decay
+        if isinstance(pipe_or_chain, DenoisingChain) and pipe_or_chain.eta != config.eta:
+            raise ConfigError(
+                f"drtune: the chain's eta {pipe_or_chain.eta} is not the config's {config.eta}"
+            )
+        super().__init__(
+            pipe_or_chain, prompts, config, seed, lr=config.lr, weight_decay=config.weight_decay
         )
-        self.counter = NFECounter(unet)
-        self.generator = torch.Generator().manual_seed(seed)
-        size = unet.config.sample_size
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        self.latent_shape = (unet.config.in_channels, *size)
-
-    @property
-    def train_nfe(self) -> int:
-        """Images through the UNet while training: each call counts its batch (2B under
-        guidance); the backward pass adds none unless `checkpoint` recomputes."""
-        return self.counter["train"]
-
-    @property
-    def inference_nfe(self) -> int:
-        return self.counter["inference"]
-
-    def noise(self, n: int) -> torch.Tensor:
-        """n latents z_T from the trainer's generator, on the UNet's device and dtype."""
-        unet = self.chain.unet
-        z = torch.randn((n, *self.latent_shape), generator=self.generator)
-        return z.to(device=unet.device, dtype=unet.dtype)
+        self.reward_fn = reward_fn
 
     def step(self) -> DRTuneInfo:
         """One optimisation step on a fresh batch of prompts and noises."""
-        picks = torch.randint(
-            len(self.prompts), (self.config.batch_size,), generator=self.generator
-        )
-        prompts = [self.prompts[i] for i in picks.tolist()]
+        prompts = self.draw_prompts(self.config.batch_size)
         z_T = self.noise(len(prompts))
         with self.counter.phase("train"):
             loss, info = drtune_loss(
@@ -203,11 +166,3 @@ class DRTuneTrainer:
         self.optimizer.step()
         info.grad_norm = float(norm)
         return info
-
-    @torch.no_grad()
-    def generate(self, prompts: list[str], z_T: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] of the tuned model: the whole chain from z_T (its own eta; noises from
-        the trainer's generator when eta > 0), counted as inference."""
-        with self.counter.phase("inference"):
-            c = self.chain.conditions(prompts)
-            return self.chain.decode(self.chain.sample(z_T, c, generator=self.generator).final)

@@ -3,7 +3,12 @@ trainable part of the fine-tuning peers (DDPO, DRTune); the base weights stay fr
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 import torch
+
+from find_ray.errors import ConfigError
 
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -26,3 +31,71 @@ def add_lora(
         )
     )
     return [p for p in unet.parameters() if p.requires_grad]
+
+
+class LoraTrainer:
+    """What the fine-tuning peers (DDPO, DRTune) share: a DDIM chain on the pipeline's UNet
+    (or a given DenoisingChain), LoRA adapters on it with AdamW, an NFE counter ("train" /
+    "inference") and one seeded generator for prompts, noise and step draws."""
+
+    def __init__(
+        self,
+        pipe_or_chain: Any,
+        prompts: list[str],
+        config: Any,
+        seed: int,
+        **adamw: Any,
+    ):
+        """config: the method's settings, with the chain's `steps`, `guidance`, `eta` (used
+        when given a pipeline) and the LoRA `rank`; adamw: AdamW's keyword arguments."""
+        from find_ray.baselines.chain import DenoisingChain
+        from find_ray.baselines.nfe import NFECounter
+
+        if isinstance(pipe_or_chain, DenoisingChain):
+            self.chain = pipe_or_chain
+        else:
+            self.chain = DenoisingChain(pipe_or_chain, config.steps, config.guidance, config.eta)
+        if not prompts:
+            raise ConfigError(f"{type(self).__name__}: no training prompts")
+        self.prompts = list(prompts)
+        self.unet = self.chain.unet
+        self.params = add_lora(self.unet, config.rank)
+        self.optimizer = torch.optim.AdamW(self.params, **adamw)
+        self.counter = NFECounter(self.unet)
+        self.generator = torch.Generator().manual_seed(seed)
+        size = self.unet.config.sample_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        self.latent_shape = (self.unet.config.in_channels, *size)
+
+    @property
+    def train_nfe(self) -> int:
+        """Images through the UNet while training (each call counts its batch, 2B under
+        guidance; backward passes count none, checkpoint recomputations do)."""
+        return self.counter["train"]
+
+    @property
+    def inference_nfe(self) -> int:
+        return self.counter["inference"]
+
+    def noise(self, n: int) -> torch.Tensor:
+        """n latents z_T from the trainer's generator, on the UNet's device and dtype."""
+        z = torch.randn((n, *self.latent_shape), generator=self.generator)
+        return z.to(device=self.unet.device, dtype=self.unet.dtype)
+
+    def draw_prompts(self, n: int) -> list[str]:
+        """n training prompts drawn uniformly with replacement."""
+        picks = torch.randint(len(self.prompts), (n,), generator=self.generator)
+        return [self.prompts[i] for i in picks.tolist()]
+
+    @torch.no_grad()
+    def generate(
+        self, prompts: list[str], z_T: torch.Tensor | None = None, eta: float | None = None
+    ) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1] of the tuned UNet: the whole chain from z_T (default:
+        drawn) with eta `eta` (default the chain's), counted as inference."""
+        chain = copy.copy(self.chain)
+        chain.eta = chain.eta if eta is None else eta
+        z = self.noise(len(prompts)) if z_T is None else z_T
+        with self.counter.phase("inference"):
+            trajectory = chain.sample(z, chain.conditions(prompts), generator=self.generator)
+        return chain.decode(trajectory.final)
