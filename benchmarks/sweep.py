@@ -9,6 +9,7 @@ default 4), staler rollouts (`max_policy_lag` 8; default 2) and a noisy reward (
   clipped at 1 +- 0.2 (that ratio hardly leaves 1, so the clip is nominal);
 - true_clip: the true ratio (`logp_reduction=sum`, log-densities summed over the latent), PPO
   clipped: the bound PPO means;
+- true_clamp: the true ratio in the FIND code's surrogate, -clip(rho) A (no unclipped branch);
 - trust_region: the shipped method under a per-update KL(pi_old || pi_new) <= 20 nats per
   prompt (about what an unconstrained default update moves: 19 mean, 30 max over 20 updates
   of a per-prompt run), enforced by shrinking the step;
@@ -52,6 +53,7 @@ FACTORS: dict[str, list[str]] = {
 METHODS: dict[str, list[str]] = {
     "mean_clip": [],
     "true_clip": ["learner.loss.logp_reduction=sum"],
+    "true_clamp": ["learner.loss.logp_reduction=sum", "learner.loss.surrogate=clamp"],
     "trust_region": ["learner.target_kl=20"],
     "prompt_mean": ["learner.baseline=prompt_mean"],
 }
