@@ -550,6 +550,7 @@ def plot(points: list[Point], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     metric = headline(points)
 
@@ -560,6 +561,7 @@ def plot(points: list[Point], path: Path) -> None:
         gains = [getattr(p, f"{metric}_gain") for p in ps]
         return [[g - low for g, low, _ in gains], [high - g for g, _, high in gains]]
 
+    colours = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     fig, (train_ax, infer_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
     base = [p for p in points if p.method == "base"]
     for method in ("find", "ddpo", "drtune"):
@@ -572,17 +574,32 @@ def plot(points: list[Point], path: Path) -> None:
                 marker="o",
                 capsize=3,
                 label=method,
+                color=colours[method],
             )
-            infer_ax.scatter([mine[-1].inference_nfe], y(mine[-1:]), marker="s", label=method)
+            infer_ax.scatter(
+                [mine[-1].inference_nfe],
+                y(mine[-1:]),
+                marker="s",
+                label=method,
+                color=colours[method],
+            )
     for method in ("best_of_n", "dno"):
         mine = sorted((p for p in points if p.method == method), key=lambda p: p.inference_nfe)
         if mine:
-            infer_ax.plot([p.inference_nfe for p in mine], y(mine), marker="o", label=method)
+            infer_ax.plot(
+                [p.inference_nfe for p in mine],
+                y(mine),
+                marker="o",
+                label=method,
+                color=colours[method],
+            )
     label = "eval exact match" if metric == "exact" else "eval reward score"
     for ax in (train_ax, infer_ax):
         if base:
             ax.axhline(y(base)[0], color="gray", linestyle="--", label="base")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
     train_ax.set(xlabel="training NFE", title="Training budget")
