@@ -48,13 +48,11 @@ from find_ray.config import (
 )
 from find_ray.errors import ConfigError
 from find_ray.evaluate import (
-    EvalCollector,
     PromptResult,
     eval_noise,
     evaluate,
-    grid_rows,
     policy_transform,
-    score_eval_batch,
+    score_plan,
 )
 from find_ray.policy import standard_normal_kl
 from find_ray.rewards import make_differentiable_reward, make_reward
@@ -174,16 +172,11 @@ class Bench:
 
     def results_of(self, images: torch.Tensor) -> list[PromptResult]:
         """Scores prompt-major images (P * k, ...) like `evaluate` does."""
-        k = self.s.eval_samples
-        collector = EvalCollector(self.prompts, k, grid_samples=8)
-        jobs = [(i, j) for i in range(len(self.prompts)) for j in range(k)]
-        for start in range(0, len(jobs), 64):
-            batch = jobs[start : start + 64]
-            rows = grid_rows(batch, 8)
-            batch_images = images[start : start + len(batch)]
-            prompts = [self.prompts[i] for i, _ in batch]
-            collector.add(batch, *score_eval_batch(self.reward, batch_images, prompts, rows))
-        return collector.results()
+
+        def images_of(n: int, batch: list) -> torch.Tensor:
+            return images[n * 64 : n * 64 + len(batch)]
+
+        return score_plan(self.reward, self.prompts, self.s.eval_samples, images_of, 64)
 
     @property
     def base(self) -> list[PromptResult]:
@@ -323,13 +316,9 @@ def run_find(bench: Bench) -> list[Point]:
     from find_ray.train import FindLoop
 
     s, backend = bench.s, bench.backend()
-    spp = load_config(None, s.find).train.samples_per_prompt
-    per_iteration = len(bench.prompts) * spp * bench.calls
-    iterations = math.ceil(max(s.budgets) / per_iteration)
-    cfg: FindRayConfig = load_config(
-        None,
-        [*s.find, f"train.iterations={iterations}", f"train.seed={s.seed}"],
-    )
+    cfg: FindRayConfig = load_config(None, [*s.find, f"train.seed={s.seed}"])
+    per_iteration = len(bench.prompts) * cfg.train.samples_per_prompt * bench.calls
+    iterations = cfg.train.iterations = math.ceil(max(s.budgets) / per_iteration)
     cfg.model, cfg.reward = bench.cfg.model, bench.cfg.reward
     counter = NFECounter(backend.pipe.unet, phase="train")
     loop = FindLoop(cfg, backend, bench.reward, bench.prompts)

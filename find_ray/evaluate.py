@@ -171,6 +171,27 @@ def score_eval_batch(
     return scores, info, to_uint8(images[rows]), diversity_features(images)
 
 
+def score_plan(
+    reward: RewardFn,
+    prompts: list[str],
+    k: int,
+    images_of: Callable[[int, list[EvalJob]], torch.Tensor],
+    batch_size: int = 64,
+    grid_samples: int = 8,
+) -> list[PromptResult]:
+    """Scores the eval plan (k samples per prompt, batched across prompts) batch by batch;
+    `images_of(n, batch)` gives batch n's images."""
+    collector = EvalCollector(prompts, k, grid_samples)
+    batches = eval_batches(len(prompts), k, batch_size)
+    for n, batch in enumerate(tqdm(batches, desc="eval", unit="batch")):
+        batch_prompts = [prompts[i] for i, _ in batch]
+        scored = score_eval_batch(
+            reward, images_of(n, batch), batch_prompts, grid_rows(batch, grid_samples)
+        )
+        collector.add(batch, *scored)
+    return collector.results()
+
+
 def evaluate(
     backend: Backend,
     reward: RewardFn,
@@ -182,15 +203,11 @@ def evaluate(
     transform: NoiseTransform | None = None,
 ) -> list[PromptResult]:
     """Samples k images per prompt (batched across prompts) and scores them."""
-    collector = EvalCollector(prompts, k, grid_samples)
-    batches = eval_batches(len(prompts), k, batch_size)
-    for n, batch in enumerate(tqdm(batches, desc="eval", unit="batch")):
-        images = sample_eval_batch(backend, prompts, batch, n, k, seed, batch_size, transform)
-        batch_prompts = [prompts[i] for i, _ in batch]
-        collector.add(
-            batch, *score_eval_batch(reward, images, batch_prompts, grid_rows(batch, grid_samples))
-        )
-    return collector.results()
+
+    def images_of(n: int, batch: list[EvalJob]) -> torch.Tensor:
+        return sample_eval_batch(backend, prompts, batch, n, k, seed, batch_size, transform)
+
+    return score_plan(reward, prompts, k, images_of, batch_size, grid_samples)
 
 
 def policy_transform(policy: NoisePolicy) -> NoiseTransform:
