@@ -190,13 +190,6 @@ class FindRayConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
-    def __post_init__(self) -> None:
-        _require(
-            self.policy.kind != "amortized" or self.learner.optimizer != "natural",
-            "learner.optimizer",
-            "the amortized policy trains with adamw or sgd (natural is the per-prompt Fisher)",
-        )
-
 
 def load_structured(schema: type, path: str | Path | None, overrides: list[str] | None):
     """An instance of the dataclass `schema` from a YAML file (optional) and `key=value`

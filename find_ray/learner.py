@@ -46,7 +46,12 @@ class PolicyConfig:
 
 @dataclass
 class LearnerConfig:
-    optimizer: Optimizer = "natural"  # natural: SGD on the Fisher-preconditioned gradient
+    # natural: SGD on the Fisher-preconditioned gradient (step size loss.policy_lr). For the
+    # amortized policy the natural step is taken on a per-prompt copy of its outputs and then
+    # projected onto its network (projection_steps AdamW steps at projection_lr on the KL)
+    optimizer: Optimizer = "natural"
+    projection_steps: int = 100
+    projection_lr: float = 1e-3
     epochs: int = 4  # passes over the stored rollouts per update
     minibatch_size: int = 64
     # drcm: A = r - g(mu, sigma, e_c); prompt_mean: A = r - the prompt's mean stored reward
@@ -65,7 +70,7 @@ class LearnerConfig:
     def __post_init__(self) -> None:
         from find_ray.errors import ConfigError
 
-        for key in ("epochs", "minibatch_size", "store_capacity"):
+        for key in ("epochs", "minibatch_size", "store_capacity", "projection_steps"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"config key 'learner.{key}': must be >= 1")
         if self.max_policy_lag < 0:
@@ -93,13 +98,6 @@ def make_policy(
     """The policy at initialisation, N(0, I) for every prompt, of the configured kind."""
     bounds = (learner.sigma_min, learner.sigma_max)
     if cfg.kind == "amortized":
-        if learner.optimizer == "natural":
-            from find_ray.errors import ConfigError
-
-            raise ConfigError(
-                "config key 'learner.optimizer': the amortized policy trains with adamw or sgd "
-                "(the natural gradient here is the per-prompt Gaussian's Fisher)"
-            )
         return AmortizedNoisePolicy(
             embeddings, latent_shape, bounds, cfg.hidden, cfg.grid, learner.learn_sigma
         )
@@ -125,6 +123,21 @@ def natural_gradient_(policy: GaussianNoisePolicy, reduction: str) -> None:
             policy.log_sigma.grad.mul_(0.5 * scale / slope_sq)
 
 
+def project_(policy: NoisePolicy, target: NoisePolicy, opt: torch.optim.Optimizer, steps: int):
+    """Fits `policy` to `target` on the training prompts: `steps` steps of `opt` on the mean over
+    prompts of KL(target || policy) (summed over the latent); returns the KL left, (P,)."""
+    ids = torch.arange(policy.num_prompts)
+    with torch.no_grad():
+        mu_t, sigma_t = target.mean_std(ids)
+    for _ in range(steps):
+        loss = diagonal_gaussian_kl(mu_t, sigma_t, *policy.mean_std(ids)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return diagonal_gaussian_kl(mu_t, sigma_t, *policy.mean_std(ids))
+
+
 class Learner:
     """Holds the policy, the DRCM and the rollout store; `update()` makes one new version."""
 
@@ -147,8 +160,12 @@ class Learner:
         self.drcm = DRCM(
             latent_shape, prompt_embeddings.shape[1], cfg.loss.drcm_hidden, cfg.drcm_pool or None
         )
+        # the amortized policy's natural step is projected: its optimiser fits the network
+        self.projected = cfg.optimizer == "natural" and not self.policy.independent_prompts
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        if cfg.optimizer == "adamw":
+        if self.projected:
+            self.policy_opt = torch.optim.AdamW(params, lr=cfg.projection_lr, weight_decay=0.0)
+        elif cfg.optimizer == "adamw":
             self.policy_opt = torch.optim.AdamW(params, lr=cfg.loss.policy_lr, weight_decay=0.0)
         else:
             self.policy_opt = torch.optim.SGD(params, lr=cfg.loss.policy_lr)
@@ -197,29 +214,39 @@ class Learner:
             "drcm_mse": drcm_mse[-1] if drcm_mse else float("nan"),
         }
         before = parameters_of(self.policy)
+        stepped, opt = self.policy, self.policy_opt
+        if self.projected:  # the natural steps go to a per-prompt copy, projected back below
+            stepped = GaussianNoisePolicy.copy_of(self.policy)
+            stepped.log_sigma.requires_grad_(self.cfg.learn_sigma)
+            trained = [p for p in stepped.parameters() if p.requires_grad]
+            opt = torch.optim.SGD(trained, lr=self.cfg.loss.policy_lr)
         steps: list[dict[str, float]] = []
         for batch in self.store.minibatches(
             self.cfg.minibatch_size, self.cfg.epochs, self.generator
         ):
             b = batch.prompt_id
             adv = advantage(b, batch.reward)
-            loss, step = policy_loss(
-                self.policy, batch.z, b, batch.behaviour_logp, adv, self.cfg.loss
-            )
+            loss, step = policy_loss(stepped, batch.z, b, batch.behaviour_logp, adv, self.cfg.loss)
             if not torch.isfinite(loss):  # e.g. an overflowing ratio: skip, never apply it
                 self.skipped_steps += 1
                 continue
-            self.policy_opt.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)
             loss.backward()
             if not all(
-                torch.isfinite(p.grad).all() for p in self.policy.parameters() if p.grad is not None
+                torch.isfinite(p.grad).all() for p in stepped.parameters() if p.grad is not None
             ):
                 self.skipped_steps += 1  # a non-finite gradient is never applied either
                 continue
             if self.cfg.optimizer == "natural":
-                natural_gradient_(self.policy, self.cfg.loss.logp_reduction)
-            self.policy_opt.step()
+                natural_gradient_(stepped, self.cfg.loss.logp_reduction)
+            opt.step()
             steps.append(step)
+        if self.projected:
+            with torch.no_grad():
+                natural = diagonal_gaussian_kl(mu, sigma, *stepped.mean_std(torch.arange(len(mu))))
+            left = project_(self.policy, stepped, self.policy_opt, self.cfg.projection_steps)
+            metrics["natural_step_kl"] = natural.mean().item()
+            metrics["projection_kl"] = left.mean().item()  # of the natural step, not captured
         if self.cfg.target_kl > 0:
             region = trust_region_(self.policy, before, self.cfg.target_kl)
             metrics["kl_update_raw_max"] = region.kl_raw.max().item()

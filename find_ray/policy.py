@@ -75,6 +75,15 @@ def bounded_log_sigma(raw: Tensor, sigma_min: float, sigma_max: float) -> Tensor
     return h * torch.tanh(raw / h)
 
 
+def unbounded_log_sigma(log_sigma: Tensor, sigma_min: float, sigma_max: float) -> Tensor:
+    """The raw parameter whose `bounded_log_sigma` is `log_sigma` (its inverse; values at or
+    beyond a bound map to the raw value of a point just inside it)."""
+    if math.isinf(sigma_max):
+        return log_sigma.clamp_min(math.log(SIGMA_MIN))
+    h = torch.where(log_sigma >= 0, math.log(sigma_max), -math.log(sigma_min))
+    return h * torch.atanh((log_sigma / h).clamp(-1 + 1e-6, 1 - 1e-6))
+
+
 class NoisePolicy(nn.Module):
     """A diagonal Gaussian noise policy pi(z_T | c) = N(mu_c, diag(sigma_c^2)), c a training
     prompt index; subclasses define `mean_std`. sigma stays in ``sigma_range`` (a buffer, so it
@@ -194,6 +203,16 @@ class GaussianNoisePolicy(NoisePolicy):
         with torch.enable_grad():
             (slope,) = torch.autograd.grad(bounded_log_sigma(raw, *self.bounds()).sum(), raw)
         return slope
+
+    @classmethod
+    @torch.no_grad()
+    def copy_of(cls, policy: NoisePolicy) -> GaussianNoisePolicy:
+        """A per-prompt policy equal to `policy` (of any kind) on its training prompts."""
+        mu, sigma = policy.mean_std(torch.arange(policy.num_prompts))
+        copy = cls(policy.num_prompts, policy.shape, policy.bounds())
+        copy.mu.copy_(mu)
+        copy.log_sigma.copy_(unbounded_log_sigma(sigma.log(), *policy.bounds()))
+        return copy
 
     @classmethod
     def from_state(cls, state: dict[str, Tensor]) -> GaussianNoisePolicy:

@@ -76,18 +76,41 @@ def test_learn_sigma_false_keeps_sigma_one():
     assert mu.abs().max() > 0 and torch.equal(sigma, torch.ones_like(sigma))
 
 
-def test_natural_gradient_is_refused_for_the_amortized_policy():
-    with pytest.raises(ConfigError, match="learner.optimizer"):
-        load_config(None, ["policy.kind=amortized", "learner.optimizer=natural"])
-    cfg = load_config(None, ["policy.kind=amortized", "learner.optimizer=adamw"])
-    assert cfg.policy.kind == "amortized"
+def test_per_prompt_copy_equals_the_policy_on_its_prompts():
+    policy = perturbed(AmortizedNoisePolicy(torch.randn(3, 6), (2, 4, 4), (0.5, 2.0), 16, 2))
+    copy = GaussianNoisePolicy.copy_of(policy)
+    ids = torch.arange(3)
+    for ours, theirs in zip(copy.mean_std(ids), policy.mean_std(ids), strict=True):
+        torch.testing.assert_close(ours, theirs.detach())
+
+
+def test_projection_fits_the_network_to_per_prompt_targets():
+    from find_ray.learner import project_
+
+    policy = AmortizedNoisePolicy(torch.randn(4, 6), (2, 4, 4), (0.5, 2.0), hidden=32, grid=4)
+    target = GaussianNoisePolicy.copy_of(perturbed(policy.__class__(*_args(policy)), seed=1))
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-2, weight_decay=0.0)
+    before = project_(policy, target, opt, steps=0)
+    after = project_(policy, target, opt, steps=300)
+    assert before.min() > 1.0 and after.max() < 0.02 * before.mean()
+
+
+def _args(policy: AmortizedNoisePolicy) -> tuple:
+    return policy.embeddings, policy.shape, policy.bounds(), 32, 4
+
+
+def test_natural_optimizer_is_accepted_for_the_amortized_policy():
+    cfg = load_config(None, ["policy.kind=amortized", "learner.optimizer=natural"])
+    assert cfg.policy.kind == "amortized" and cfg.learner.optimizer == "natural"
+    with pytest.raises(ConfigError, match="learner.projection_steps"):
+        load_config(None, ["learner.projection_steps=0"])
 
 
 TARGET = 1.5  # reward(z, c) = -||z - sign_c * TARGET||^2, sign_c the first embedding coordinate
 
 
 def bandit(
-    target_kl: float = 0.0, iters: int = 25, seed: int = 0, lr: float = 3e-3
+    target_kl: float = 0.0, iters: int = 25, seed: int = 0, lr: float = 3e-3, optimizer="adamw"
 ) -> tuple[Learner, list[float], list[dict[str, float]]]:
     """The Learner with an amortized policy on a bandit whose optimum depends on the prompt's
     embedding: +TARGET in every dim for embeddings with a positive first coordinate, else
@@ -96,7 +119,7 @@ def bandit(
     gen = torch.Generator().manual_seed(seed)
     emb = torch.tensor([[1.0, 0.2], [0.8, -0.4], [-1.0, 0.3], [-0.7, -0.2]])
     cfg = LearnerConfig(
-        optimizer="adamw",
+        optimizer=optimizer,
         epochs=4,
         minibatch_size=32,
         drcm_steps=5,
@@ -128,6 +151,16 @@ def test_learner_trains_it_and_it_generalises_to_unseen_prompts():
     learner, rewards, _ = bandit()
     assert rewards[-1] > 0.5 * rewards[0]  # E[r] at N(0, I): -4 * (1 + 2.25) = -13
     unseen = torch.tensor([[0.9, 0.0], [-0.9, 0.1]])  # never trained, one of each side
+    with torch.no_grad():
+        mu, _ = learner.policy.mean_std_of(unseen)
+    assert mu[0].mean() > 0.5 and mu[1].mean() < -0.5
+
+
+def test_projected_natural_step_trains_it_and_it_generalises():
+    learner, rewards, history = bandit(iters=12, lr=0.1, optimizer="natural")
+    assert rewards[-1] > 0.5 * rewards[0]
+    assert all(m["projection_kl"] < 0.5 * m["natural_step_kl"] for m in history[1:])
+    unseen = torch.tensor([[0.9, 0.0], [-0.9, 0.1]])
     with torch.no_grad():
         mu, _ = learner.policy.mean_std_of(unseen)
     assert mu[0].mean() > 0.5 and mu[1].mean() < -0.5
