@@ -123,7 +123,9 @@ def natural_gradient_(policy: GaussianNoisePolicy, reduction: str) -> None:
             policy.log_sigma.grad.mul_(0.5 * scale / slope_sq)
 
 
-def project_(policy: NoisePolicy, target: NoisePolicy, opt: torch.optim.Optimizer, steps: int):
+def project_(
+    policy: NoisePolicy, target: NoisePolicy, opt: torch.optim.Optimizer, steps: int
+) -> Tensor:
     """Fits `policy` to `target` on the training prompts: `steps` steps of `opt` on the mean over
     prompts of KL(target || policy) (summed over the latent); returns the KL left, (P,)."""
     ids = torch.arange(policy.num_prompts)
