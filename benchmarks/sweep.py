@@ -43,7 +43,7 @@ from find_ray.train import train_in_process
 
 RESULTS = Path(__file__).resolve().parent / "results" / "alignment"
 FACTORS: dict[str, list[str]] = {
-    "default": [],
+    "default": ["learner.loss.policy_lr=0.3"],  # the step the sweep ran from (the old default)
     "alpha_1": ["learner.loss.policy_lr=1.0"],
     "alpha_3": ["learner.loss.policy_lr=3.0"],
     "epochs_16": ["learner.epochs=16"],
