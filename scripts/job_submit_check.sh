@@ -16,9 +16,13 @@ trap cleanup EXIT
 free_port() { python -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'; }
 port=$(free_port)
 dashboard=$(free_port)
+# Every port the head's agents listen on is a free one too: with their defaults, a second Ray
+# cluster on this machine (a local training run) leaves this head with no job agent.
+agent_ports=(--dashboard-agent-listen-port="$(free_port)" --dashboard-agent-grpc-port="$(free_port)"
+    --metrics-export-port="$(free_port)" --runtime-env-agent-port="$(free_port)")
 export RAY_AUTH_MODE=token  # the head, the job driver and the submitting client all use the token
 
-ray start --head --port="$port" --dashboard-port="$dashboard" --num-cpus=2 \
+ray start --head --port="$port" --dashboard-port="$dashboard" "${agent_ports[@]}" --num-cpus=2 \
     --temp-dir="$tmp" --disable-usage-stats >"$tmp/ray-start.log" 2>&1 \
     || { cat "$tmp/ray-start.log"; exit 1; }
 
