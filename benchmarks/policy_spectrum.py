@@ -25,16 +25,20 @@ from find_ray.policy import load_policy
 GRIDS = (1, 2, 4, 8, 16)
 
 
+def energy(x: Tensor) -> Tensor:
+    """(P,) sum of squares of each row of x (P, ...)."""
+    return x.square().flatten(1).sum(1)
+
+
 def low_resolution_fraction(mu: Tensor, grid: int) -> Tensor:
     """(P,) fraction of each mu's energy (P, C, H, W) that a grid x grid map captures."""
     coarse = F.interpolate(F.adaptive_avg_pool2d(mu, grid), size=mu.shape[-2:], mode="nearest")
-    return coarse.square().flatten(1).sum(1) / mu.square().flatten(1).sum(1)
+    return energy(coarse) / energy(mu)
 
 
 def shared_fraction(mu: Tensor) -> Tensor:
     """(P,) fraction of each mu's energy in the mean over prompts."""
-    shared = mu.mean(0, keepdim=True).expand_as(mu)
-    return shared.square().flatten(1).sum(1) / mu.square().flatten(1).sum(1)
+    return energy(mu.mean(0, keepdim=True).expand_as(mu)) / energy(mu)
 
 
 def spectrum_table(mu: Tensor) -> str:
@@ -50,7 +54,7 @@ def spectrum_table(mu: Tensor) -> str:
         f"| shared by all {mu.shape[0]} prompts | {shared_fraction(mu).mean().item():.3f} | "
         f"{1 / mu.shape[0]:.3f} |"
     )
-    rms = mu.square().flatten(1).mean(1).sqrt()
+    rms = (energy(mu) / mu[0].numel()).sqrt()
     lines += ["", f"RMS of mu per element: {rms.min():.2f} to {rms.max():.2f} over prompts.", ""]
     return "\n".join(lines)
 

@@ -87,16 +87,14 @@ def test_per_prompt_copy_equals_the_policy_on_its_prompts():
 def test_projection_fits_the_network_to_per_prompt_targets():
     from find_ray.learner import project_
 
-    policy = AmortizedNoisePolicy(torch.randn(4, 6), (2, 4, 4), (0.5, 2.0), hidden=32, grid=4)
-    target = GaussianNoisePolicy.copy_of(perturbed(policy.__class__(*_args(policy)), seed=1))
+    emb = torch.randn(4, 6)
+    policy = AmortizedNoisePolicy(emb, (2, 4, 4), (0.5, 2.0), hidden=32, grid=4)
+    other = AmortizedNoisePolicy(emb, (2, 4, 4), (0.5, 2.0), hidden=32, grid=4)
+    target = GaussianNoisePolicy.copy_of(perturbed(other, seed=1))
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-2, weight_decay=0.0)
     before = project_(policy, target, opt, steps=0)
     after = project_(policy, target, opt, steps=300)
     assert before.min() > 1.0 and after.max() < 0.02 * before.mean()
-
-
-def _args(policy: AmortizedNoisePolicy) -> tuple:
-    return policy.embeddings, policy.shape, policy.bounds(), 32, 4
 
 
 def test_natural_optimizer_is_accepted_for_the_amortized_policy():
