@@ -25,14 +25,15 @@ largest per-update KL, the KL to N(0, I) and the diversity ratio.
     python benchmarks/sweep.py --cells default/true_clip noisy_reward/prompt_mean
 
 Writes benchmarks/results/alignment/sweep.{json,md,png} after every cell; a cell whose run
-folder holds a finished run of the same config is read, not retrained.
+folder holds a finished run of the same config is read, not retrained, and the rows already in
+sweep.json of cells not asked for (trained with the same overrides) are kept, so that a sweep
+can grow over several sessions.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,7 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
     return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-def cell_row(factor: str, method: str, run_dir: Path) -> dict:
+def cell_row(factor: str, method: str, run_dir: Path, overrides: list[str]) -> dict:
     """One table row from a finished run: gains, diversity (metrics.json) and the learner's
     logged statistics (TensorBoard)."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -84,6 +85,7 @@ def cell_row(factor: str, method: str, run_dir: Path) -> dict:
     return {
         "factor": factor,
         "method": method,
+        "overrides": overrides,
         "exact": metrics["gains"]["exact"],
         "scores": metrics["gains"]["scores"],
         "exact_after": metrics["means"]["exact_after"],
@@ -106,17 +108,29 @@ def run_cell(config: str, factor: str, method: str, overrides: list[str], runs: 
         print(f"{factor}/{method}: reusing the finished run in {run_dir}")
     else:
         train_in_process(cfg)
-    return cell_row(factor, method, run_dir)
+    return cell_row(factor, method, run_dir, overrides)
 
 
-def write_results(rows: list[dict], command: str, out: Path) -> None:
+def kept_rows(out: Path, overrides: list[str]) -> list[dict]:
+    """The rows already in `out`/sweep.json that were trained with these overrides."""
+    path = out / "sweep.json"
+    rows = json.loads(path.read_text())["cells"] if path.exists() else []
+    return [r for r in rows if r.get("overrides") == overrides]
+
+
+def grid_order(row: dict) -> tuple[int, int]:
+    return list(FACTORS).index(row["factor"]), list(METHODS).index(row["method"])
+
+
+def write_results(rows: list[dict], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps({"command": command, "cells": rows}, indent=1))
+    rows = sorted(rows, key=grid_order)
+    (out / "sweep.json").write_text(json.dumps({"cells": rows}, indent=1))
     factors = list(dict.fromkeys(r["factor"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(factors)), 4.5))
@@ -139,8 +153,9 @@ def write_results(rows: list[dict], command: str, out: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "sweep.png", dpi=120)
+    cells = " ".join(f"{r['factor']}/{r['method']}" for r in rows)
     lines = [
-        f"`{command}`",
+        f"`python benchmarks/sweep.py --cells {cells} -- {' '.join(rows[0]['overrides'])}`",
         "",
         "| factor | method | exact gain [95 % CI] | exact after | clip fraction | "
         "adv. var. after / before | max KL per update | KL to N(0, I) | diversity ratio |",
@@ -179,11 +194,11 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(
                 f"unknown cell {factor}/{method}: factors {list(FACTORS)}, methods {list(METHODS)}"
             )
-    command = "python benchmarks/sweep.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    rows = []
+    out = Path(args.out)
+    rows = [r for r in kept_rows(out, args.overrides) if (r["factor"], r["method"]) not in cells]
     for factor, method in cells:  # results written after every cell: a killed sweep keeps them
         rows.append(run_cell(args.config, factor, method, args.overrides, runs))
-        write_results(rows, command.strip(), Path(args.out))
+        write_results(rows, out)
 
 
 if __name__ == "__main__":

@@ -10,16 +10,10 @@ sweep = load_benchmark("sweep")
 
 
 def test_sweep_cells_apply_their_factor_and_method(tiny_shapes_dir, tmp_path):
-    args = [
-        "--factors",
-        "default",
-        "noisy_reward",
-        "--methods",
-        "true_clip",
-        "prompt_mean",
-        *tiny_run_args(tmp_path, tiny_shapes_dir, "[a red circle]", 4),
-    ]
-    sweep.main(args)
+    tiny = tiny_run_args(tmp_path, tiny_shapes_dir, "[a red circle]", 4)
+    sweep.main(
+        ["--factors", "default", "noisy_reward", "--methods", "true_clip", "prompt_mean", *tiny]
+    )
     data = json.loads((tmp_path / "results" / "sweep.json").read_text())
     cells = [(c["factor"], c["method"]) for c in data["cells"]]
     assert cells == [
@@ -38,3 +32,12 @@ def test_sweep_cells_apply_their_factor_and_method(tiny_shapes_dir, tmp_path):
         assert {"gain", "low", "high"} <= set(cell["exact"])
     assert (tmp_path / "results" / "sweep.png").is_file()
     assert "| noisy_reward | prompt_mean |" in (tmp_path / "results" / "sweep.md").read_text()
+
+    # a later sweep adds its cells to the table, in grid order, keeping the rows it did not rerun
+    sweep.main(["--cells", "default/mean_clip", *tiny])
+    data = json.loads((tmp_path / "results" / "sweep.json").read_text())
+    assert [(c["factor"], c["method"]) for c in data["cells"]] == [("default", "mean_clip"), *cells]
+    # rows trained with other overrides are not mixed in
+    sweep.main(["--cells", "default/mean_clip", *tiny, "train.iterations=1"])
+    data = json.loads((tmp_path / "results" / "sweep.json").read_text())
+    assert [(c["factor"], c["method"]) for c in data["cells"]] == [("default", "mean_clip")]
