@@ -25,7 +25,7 @@ from find_ray.learner import Learner, LearnerConfig, PolicyConfig
 from find_ray.policy import Reduction, policy_from_state
 from find_ray.rewards import make_reward
 from find_ray.rollout import RolloutWorker, score_rollouts
-from find_ray.store import PackedRollouts, pack_rollouts, unpack_rollouts
+from find_ray.store import PackedRollouts, pack_rollouts, prompt_table, unpack_rollouts
 
 log = logging.getLogger(__name__)
 STARTUP_TIMEOUT_S = 600.0
@@ -93,7 +93,7 @@ class RolloutActor:
 class ScoreSummary:
     """What the driver learns from a reward call (the rollouts themselves go to the learner)."""
 
-    kept: list[tuple[int, int, float]]  # (rollout id, prompt id, reward)
+    kept: list[tuple[int, int, float]]  # (rollout id, prompt's row in the suite, reward)
     dropped: dict[str, list[int]]  # reason -> rollout ids
     grids: dict[int, np.ndarray] = field(default_factory=dict)  # prompt -> labelled thumbnail
 
@@ -103,7 +103,7 @@ class RewardActor:
 
     def __init__(self, reward: RewardConfig, prompts: list[str], torch_threads: int) -> None:
         torch.set_num_threads(torch_threads)
-        self.reward, self.prompts = make_reward(reward), prompts
+        self.reward, self.prompts, self.rows = make_reward(reward), prompts, prompt_table(prompts)
 
     def pid(self) -> int:
         return os.getpid()
@@ -115,14 +115,15 @@ class RewardActor:
         call, and draws a thumbnail of each prompt in `grid_prompts` from its kept rollouts."""
         rollouts = [r for part in batches[0::2] for r in unpack_rollouts(part)]
         images = torch.from_numpy(np.concatenate(batches[1::2]))
-        kept, dropped = score_rollouts(self.reward, rollouts, images, self.prompts)
-        summary = ScoreSummary([(r.rollout_id, r.prompt_id, r.reward) for r in kept], dropped)
+        kept, dropped = score_rollouts(self.reward, rollouts, images)
+        rows = [(r.rollout_id, self.rows[r.prompt], r.reward) for r in kept]
+        summary = ScoreSummary(rows, dropped)
         rewards = {r.rollout_id: r.reward for r in kept}
         for prompt in grid_prompts:
             shown = [
                 n
                 for n, r in enumerate(rollouts)
-                if r.rollout_id in rewards and r.prompt_id == prompt
+                if r.rollout_id in rewards and r.prompt == self.prompts[prompt]
             ][:GRID_IMAGES]
             if shown:
                 labels = [f"{rewards[rollouts[n].rollout_id]:.2f}" for n in shown]
@@ -144,13 +145,14 @@ class LearnerActor:
         self,
         cfg: LearnerConfig,
         latent_shape: tuple[int, ...],
+        prompts: list[str],
         embeddings: Tensor,
         seed: int,
         torch_threads: int,
         policy: PolicyConfig | None = None,
     ) -> None:
         torch.set_num_threads(torch_threads)
-        self.learner = Learner(cfg, latent_shape, embeddings, seed, policy)
+        self.learner = Learner(cfg, latent_shape, prompts, embeddings, seed, policy)
         self.busy_s = 0.0  # time spent in add/update: learner utilisation = busy / wall
 
     def add(self, *batches: PackedRollouts) -> dict[str, Any]:
@@ -244,7 +246,15 @@ def start_actors(cfg: FindRayConfig, prompts: list[str]) -> Actors:
     learner = (
         ray.remote(LearnerActor)
         .options(**_options(r.learner_num_cpus, r.learner_num_gpus, 0))
-        .remote(cfg.learner, latent_shape, embeddings, cfg.train.seed, r.torch_threads, cfg.policy)
+        .remote(
+            cfg.learner,
+            latent_shape,
+            prompts,
+            embeddings,
+            cfg.train.seed,
+            r.torch_threads,
+            cfg.policy,
+        )
     )
     actors = Actors(rollout, reward, learner)
     wait_until_started(actors)

@@ -22,7 +22,7 @@ from find_ray.find import (
     policy_loss,
 )
 from find_ray.policy import GaussianNoisePolicy, NoisePolicy, diagonal_gaussian_kl
-from find_ray.store import Rollout, RolloutStore, stack_rollouts
+from find_ray.store import Rollout, RolloutStore, prompt_table, stack_rollouts
 from find_ray.trust_region import parameters_of, trust_region_
 
 Optimizer = Literal["natural", "sgd", "adamw"]
@@ -147,12 +147,16 @@ class Learner:
         self,
         cfg: LearnerConfig,
         latent_shape: tuple[int, ...],
+        prompts: list[str],
         prompt_embeddings: Tensor,
         seed: int = 0,
         policy: PolicyConfig | None = None,
     ) -> None:
         torch.manual_seed(seed)
         self.cfg = cfg
+        if len(prompts) != len(prompt_embeddings):
+            raise ValueError(f"{len(prompts)} prompts but {len(prompt_embeddings)} embeddings")
+        self.rows = prompt_table(prompts)  # rollouts come keyed by prompt text
         self.prompt_embeddings = prompt_embeddings.float()
         self.policy = make_policy(
             policy or PolicyConfig(), cfg, latent_shape, self.prompt_embeddings
@@ -191,7 +195,7 @@ class Learner:
         if not len(self.store):  # nothing to learn from: a new version with the same weights
             self.version += 1
             return {"store_size": 0.0}
-        held = stack_rollouts(self.store.rollouts())
+        held = stack_rollouts(self.store.rollouts(), self.rows)
         pid, emb = held.prompt_id, self.prompt_embeddings
         with torch.no_grad():
             mu, sigma = self.policy.mean_std(torch.arange(self.policy.num_prompts))
@@ -224,7 +228,7 @@ class Learner:
             opt = torch.optim.SGD(trained, lr=self.cfg.loss.policy_lr)
         steps: list[dict[str, float]] = []
         for batch in self.store.minibatches(
-            self.cfg.minibatch_size, self.cfg.epochs, self.generator
+            self.cfg.minibatch_size, self.rows, self.cfg.epochs, self.generator
         ):
             b = batch.prompt_id
             adv = advantage(b, batch.reward)

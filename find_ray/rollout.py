@@ -96,19 +96,19 @@ class RolloutWorker:
             ]
         )
         rollouts = [
-            Rollout(rid, pid, z[n].clone(), float(logp[n]), self.version, math.nan)
+            Rollout(rid, self.prompts[pid], z[n].clone(), float(logp[n]), self.version, math.nan)
             for n, (rid, pid) in enumerate(zip(rollout_ids, prompt_ids, strict=True))
         ]
         return rollouts, images
 
 
 def score_rollouts(
-    reward: RewardFn, rollouts: list[Rollout], images: Tensor, prompts: list[str]
+    reward: RewardFn, rollouts: list[Rollout], images: Tensor
 ) -> tuple[list[Rollout], dict[str, list[int]]]:
     """Scored rollouts and the dropped ids by reason: a scorer that raises drops the whole batch
     ("reward_error"), a NaN/inf score drops its rollout ("bad_reward")."""
     try:
-        scores, _ = reward(images, [prompts[r.prompt_id] for r in rollouts])
+        scores, _ = reward(images, [r.prompt for r in rollouts])
     except Exception:  # a scorer failure must not reach the learner
         log.exception("reward scorer failed on %d rollouts", len(rollouts))
         return [], {"reward_error": [r.rollout_id for r in rollouts]}

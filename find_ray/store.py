@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -14,10 +14,11 @@ from torch import Tensor
 
 @dataclass
 class Rollout:
-    """One scored action: noise z drawn by policy ``policy_version`` for prompt ``prompt_id``."""
+    """One scored action: noise z drawn by policy ``policy_version`` for ``prompt``. Rollouts
+    are keyed by the prompt's text: its row in a policy's table is the learner's business."""
 
     rollout_id: int
-    prompt_id: int
+    prompt: str
     z: Tensor  # the initial noise z_T, (*latent_shape)
     behaviour_logp: float  # log pi_behaviour(z | c), as used in the ratio
     policy_version: int
@@ -25,21 +26,35 @@ class Rollout:
 
 
 class RolloutBatch(NamedTuple):
-    """Rollouts stacked along a leading batch dim."""
+    """Rollouts stacked along a leading batch dim, each prompt as its row in the learner's
+    prompt table."""
 
     rollout_id: Tensor  # (B,) long
-    prompt_id: Tensor  # (B,) long
+    prompt_id: Tensor  # (B,) long: the row of each rollout's prompt
     z: Tensor  # (B, *latent_shape)
     behaviour_logp: Tensor  # (B,) z.dtype
     policy_version: Tensor  # (B,) long
     reward: Tensor  # (B,) z.dtype
 
 
-SCALAR_FIELDS = ("rollout_id", "prompt_id", "behaviour_logp", "policy_version", "reward")
+SCALAR_FIELDS = ("rollout_id", "prompt", "behaviour_logp", "policy_version", "reward")
 
 
-def stack_rollouts(rollouts: list[Rollout]) -> RolloutBatch:
-    """Stack a non-empty list of rollouts into a RolloutBatch."""
+def prompt_table(prompts: Sequence[str]) -> dict[str, int]:
+    """Each prompt's row: the key from a rollout's prompt text to a policy's parameters."""
+    table = {prompt: row for row, prompt in enumerate(prompts)}
+    if len(table) != len(prompts):
+        twice = sorted({p for p in prompts if prompts.count(p) > 1})
+        raise ValueError(f"prompts must be distinct (rollouts are keyed by text): {twice}")
+    return table
+
+
+def stack_rollouts(rollouts: list[Rollout], rows: Mapping[str, int]) -> RolloutBatch:
+    """Stack a non-empty list of rollouts into a RolloutBatch; `rows` maps each prompt to its
+    row (`prompt_table`)."""
+    unknown = sorted({r.prompt for r in rollouts} - rows.keys())
+    if unknown:
+        raise KeyError(f"rollouts of prompts the learner does not hold: {unknown}")
     z = torch.stack([r.z for r in rollouts])
 
     def col(name: str, dtype: torch.dtype) -> Tensor:
@@ -47,7 +62,7 @@ def stack_rollouts(rollouts: list[Rollout]) -> RolloutBatch:
 
     return RolloutBatch(
         rollout_id=col("rollout_id", torch.long),
-        prompt_id=col("prompt_id", torch.long),
+        prompt_id=torch.tensor([rows[r.prompt] for r in rollouts], dtype=torch.long),
         z=z,
         behaviour_logp=col("behaviour_logp", z.dtype),
         policy_version=col("policy_version", torch.long),
@@ -60,7 +75,7 @@ class PackedRollouts(NamedTuple):
     arrays ~10x cheaper than a list of small objects holding tensors."""
 
     rollout_id: np.ndarray  # (B,) int64
-    prompt_id: np.ndarray  # (B,) int64
+    prompt: np.ndarray  # (B,) str
     z: np.ndarray  # (B, *latent_shape)
     behaviour_logp: np.ndarray  # (B,) float64
     policy_version: np.ndarray  # (B,) int64
@@ -69,7 +84,7 @@ class PackedRollouts(NamedTuple):
 
 WIRE = (
     ("rollout_id", np.int64),
-    ("prompt_id", np.int64),
+    ("prompt", np.str_),
     ("behaviour_logp", np.float64),
     ("policy_version", np.int64),
     ("reward", np.float64),
@@ -91,11 +106,11 @@ def unpack_rollouts(packed: PackedRollouts) -> list[Rollout]:
     """Rollouts back from their wire form (one copy of z; received arrays are read-only)."""
     z = torch.tensor(packed.z)
     return [
-        Rollout(int(rid), int(pid), z[n], float(logp), int(version), float(reward))
-        for n, (rid, pid, logp, version, reward) in enumerate(
+        Rollout(int(rid), str(prompt), z[n], float(logp), int(version), float(reward))
+        for n, (rid, prompt, logp, version, reward) in enumerate(
             zip(
                 packed.rollout_id,
-                packed.prompt_id,
+                packed.prompt,
                 packed.behaviour_logp,
                 packed.policy_version,
                 packed.reward,
@@ -158,14 +173,19 @@ class RolloutStore:
         return list(self._records)
 
     def minibatches(
-        self, batch_size: int, epochs: int = 1, generator: torch.Generator | None = None
+        self,
+        batch_size: int,
+        rows: Mapping[str, int],
+        epochs: int = 1,
+        generator: torch.Generator | None = None,
     ) -> Iterator[RolloutBatch]:
-        """Each epoch yields every held rollout exactly once, in random order (last batch short)."""
+        """Each epoch yields every held rollout exactly once, in random order (last batch short);
+        `rows` maps prompts to rows as in `stack_rollouts`."""
         held = self.rollouts()
         for _ in range(epochs):
             order = torch.randperm(len(held), generator=generator).tolist()
             for start in range(0, len(order), batch_size):
-                yield stack_rollouts([held[i] for i in order[start : start + batch_size]])
+                yield stack_rollouts([held[i] for i in order[start : start + batch_size]], rows)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to restore the store exactly (records, seen ids, drop counters)."""

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from find_ray.backends import Backend, make_backend
 from find_ray.config import FindRayConfig
+from find_ray.errors import ConfigError
 from find_ray.evaluate import PromptResult, evaluate_policy, fmt, suite_grid
 from find_ray.images import stack
 from find_ray.learner import Learner
@@ -26,6 +27,7 @@ from find_ray.rewards import RewardFn, check_prompts, make_reward
 from find_ray.rollout import RolloutWorker, iteration_prompt_ids, score_rollouts
 from find_ray.shapes.suites import load_suite
 from find_ray.stats import paired_bootstrap_ci
+from find_ray.store import prompt_table
 
 
 def train_prompts(cfg: FindRayConfig) -> list[str]:
@@ -33,6 +35,10 @@ def train_prompts(cfg: FindRayConfig) -> list[str]:
     prompts = list(cfg.train.prompts) or load_suite(cfg.train.suite)
     prompts = prompts[: cfg.train.max_prompts] if cfg.train.max_prompts else prompts
     check_prompts(cfg.reward, prompts)
+    try:
+        prompt_table(prompts)
+    except ValueError as e:
+        raise ConfigError(f"train.prompts: {e}") from None
     return prompts
 
 
@@ -52,9 +58,11 @@ class FindLoop:
         self, cfg: FindRayConfig, backend: Backend, reward: RewardFn, prompts: list[str]
     ) -> None:
         self.cfg, self.reward, self.prompts = cfg, reward, prompts
+        self.rows = prompt_table(prompts)
         self.learner = Learner(
             cfg.learner,
             backend.latent_shape,
+            prompts,
             backend.encode_prompts(prompts),
             cfg.train.seed,
             cfg.policy,
@@ -78,12 +86,12 @@ class FindLoop:
             rollout_ids = list(range(self.rollouts, self.rollouts + len(ids)))
             rollouts, images = self.worker.rollout(ids, rollout_ids)
             self.rollouts += len(ids)
-            scored, dropped = score_rollouts(self.reward, rollouts, images, self.prompts)
+            scored, dropped = score_rollouts(self.reward, rollouts, images)
             drops.update({reason: len(ids) for reason, ids in dropped.items()})
             self.learner.add(scored)
             metrics = self.learner.update()
             rewards = [r.reward for r in scored]
-            metrics.update(reward_metrics(rewards, [r.prompt_id for r in scored]))
+            metrics.update(reward_metrics(rewards, [self.rows[r.prompt] for r in scored]))
             for reason, n in drops.items():
                 metrics[f"drops/{reason}"] = float(n)
             yield metrics
@@ -118,7 +126,7 @@ def train_in_process(cfg: FindRayConfig) -> TrainResult:
 
 
 def reward_metrics(rewards: list[float], prompt_ids: list[int]) -> dict[str, float]:
-    """Mean and std of the fresh rewards, overall and per prompt (`reward_mean/p03`)."""
+    """Mean and std of the fresh rewards, overall and per prompt by its row (`reward_mean/p03`)."""
     if not rewards:
         return {}
     rewards, prompt_ids = torch.tensor(rewards), torch.tensor(prompt_ids)

@@ -15,8 +15,8 @@ from find_ray.errors import ConfigError
 from find_ray.find import FindLossConfig
 from find_ray.learner import Learner, LearnerConfig, PolicyConfig, per_prompt_mean
 from find_ray.policy import GaussianNoisePolicy, load_policy, policy_from_state
-from find_ray.store import Rollout
 from find_ray.trust_region import parameters_of, trust_region_
+from tests.learner_inputs import prompt_names, scored_rollouts
 
 SHAPES = [(3, 8, 8), (4, 16, 8), (4, 2, 8, 8)]  # no upsampling; upsampled; a video latent
 
@@ -125,7 +125,14 @@ def bandit(
         target_kl=target_kl,
         loss=FindLossConfig(policy_lr=lr, drcm_lr=1e-2, drcm_hidden=32, logp_reduction="sum"),
     )
-    learner = Learner(cfg, (1, 2, 2), emb, seed, PolicyConfig("amortized", hidden=32, grid=2))
+    learner = Learner(
+        cfg,
+        (1, 2, 2),
+        prompt_names(len(emb)),
+        emb,
+        seed,
+        PolicyConfig("amortized", hidden=32, grid=2),
+    )
     ids = torch.arange(4).repeat(16)
     signs = emb[:, 0].sign()
     rewards, history, next_id = [], [], 0
@@ -134,12 +141,7 @@ def bandit(
         logp = learner.policy.log_prob(z, ids, "sum").detach()
         reward = -((z - TARGET * signs[ids].view(-1, 1, 1, 1)) ** 2).flatten(1).sum(1)
         rewards.append(reward.mean().item())
-        learner.add(
-            [
-                Rollout(next_id + i, int(ids[i]), z[i], float(logp[i]), version, float(reward[i]))
-                for i in range(len(ids))
-            ]
-        )
+        learner.add(scored_rollouts(learner, ids, z, logp, reward, next_id, version))
         next_id += len(ids)
         history.append(learner.update())
     return learner, rewards, history

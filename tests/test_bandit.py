@@ -15,7 +15,7 @@ import torch
 from find_ray.find import FindLossConfig
 from find_ray.learner import Learner, LearnerConfig
 from find_ray.policy import diagonal_gaussian_kl
-from find_ray.store import Rollout
+from tests.learner_inputs import prompt_names, scored_rollouts
 
 DIM = 16
 TARGETS = torch.stack([torch.ones(DIM), -torch.ones(DIM)])
@@ -54,7 +54,7 @@ def run_find_bandit(
         loss=FindLossConfig(eps=eps, policy_lr=0.05, drcm_lr=1e-2, drcm_hidden=64),
     )
     cfg = LearnerConfig(**{**defaults, **learner})
-    learner = Learner(cfg, (DIM,), prompt_embeddings=torch.eye(2), seed=seed)
+    learner = Learner(cfg, (DIM,), prompt_names(2), torch.eye(2), seed=seed)
     all_prompts = torch.arange(2)
     ids = all_prompts.repeat(per_prompt)
     next_id, max_kl, max_approx_kl, rewards = 0, 0.0, 0.0, []
@@ -65,12 +65,7 @@ def run_find_bandit(
         logp = policy.log_prob(z, ids, cfg.loss.logp_reduction).detach()
         reward = -((z - TARGETS[ids]) ** 2).sum(1)
         rewards.append(reward.mean().item())
-        learner.add(
-            [
-                Rollout(next_id + i, int(ids[i]), z[i], float(logp[i]), version, float(reward[i]))
-                for i in range(len(ids))
-            ]
-        )
+        learner.add(scored_rollouts(learner, ids, z, logp, reward, next_id, version))
         next_id += len(ids)
         with torch.no_grad():
             mu, sigma = policy.mean_std(all_prompts)

@@ -12,6 +12,7 @@ from find_ray.find import FindLossConfig
 from find_ray.learner import Learner, LearnerConfig
 from find_ray.rollout import RolloutWorker, score_rollouts
 from find_ray.store import Rollout
+from tests.learner_inputs import prompt_names, scored_rollouts
 
 SHAPE = (2, 4, 4)
 
@@ -22,10 +23,7 @@ def make_rollouts(learner: Learner, n: int, first_id: int = 0, seed: int = 0) ->
     z = learner.policy.sample(ids, gen)
     logp = learner.policy.log_prob(z, ids).detach()
     reward = z.flatten(1).mean(1)  # higher mean noise, higher reward
-    return [
-        Rollout(first_id + i, int(ids[i]), z[i], float(logp[i]), learner.version, float(reward[i]))
-        for i in range(n)
-    ]
+    return scored_rollouts(learner, ids, z, logp, reward, first_id, learner.version)
 
 
 def test_natural_step_is_the_advantage_weighted_mean_of_z_minus_mu():
@@ -37,7 +35,7 @@ def test_natural_step_is_the_advantage_weighted_mean_of_z_minus_mu():
         learn_sigma=False,
         loss=FindLossConfig(reg_weight=0.0, policy_lr=0.5),
     )
-    learner = Learner(cfg, SHAPE, torch.zeros(1, 3))
+    learner = Learner(cfg, SHAPE, prompt_names(1), torch.zeros(1, 3))
     rollouts = make_rollouts(learner, 8)
     mu_before = learner.policy.mu.detach().clone()
     with torch.no_grad():
@@ -57,7 +55,7 @@ def test_update_moves_towards_reward_and_reports_metrics():
         drcm_steps=5,
         loss=FindLossConfig(policy_lr=0.3, drcm_lr=1e-3, drcm_hidden=16),
     )
-    learner = Learner(cfg, SHAPE, torch.eye(2))
+    learner = Learner(cfg, SHAPE, prompt_names(2), torch.eye(2))
     for v in range(5):
         learner.add(make_rollouts(learner, 32, first_id=100 * v, seed=v))
         metrics = learner.update()
@@ -82,10 +80,10 @@ def test_state_dict_resumes_exactly():
     cfg = LearnerConfig(
         epochs=2, minibatch_size=8, drcm_steps=3, loss=FindLossConfig(policy_lr=0.3, drcm_hidden=16)
     )
-    a = Learner(cfg, SHAPE, torch.eye(2), seed=3)
+    a = Learner(cfg, SHAPE, prompt_names(2), torch.eye(2), seed=3)
     a.add(make_rollouts(a, 16))
     a.update()
-    b = Learner(cfg, SHAPE, torch.eye(2), seed=99)
+    b = Learner(cfg, SHAPE, prompt_names(2), torch.eye(2), seed=99)
     b.load_state_dict(copy.deepcopy(a.state_dict()))
     batch = make_rollouts(a, 16, first_id=1000, seed=1)
     a.add(batch)
@@ -108,7 +106,7 @@ def tiny_backend(tiny_shapes_dir):
 def test_worker_rollouts_carry_version_and_behaviour_logp(tiny_backend):
     prompts = ["a red circle", "two blue squares"]
     worker = RolloutWorker(tiny_backend, prompts, batch_size=3, seed=0)
-    learner = Learner(LearnerConfig(), tiny_backend.latent_shape, torch.zeros(2, 4))
+    learner = Learner(LearnerConfig(), tiny_backend.latent_shape, prompts, torch.zeros(2, 4))
     with torch.no_grad():
         learner.policy.mu.add_(0.5)
     weights, _ = learner.weights()
@@ -116,6 +114,7 @@ def test_worker_rollouts_carry_version_and_behaviour_logp(tiny_backend):
     rollouts, images = worker.rollout([0, 1, 0, 1], [10, 11, 12, 13])
     assert images.shape == (4, 3, 32, 32) and [r.rollout_id for r in rollouts] == [10, 11, 12, 13]
     assert all(r.policy_version == 7 and math.isnan(r.reward) for r in rollouts)
+    assert [r.prompt for r in rollouts] == [prompts[i] for i in (0, 1, 0, 1)]
     z = torch.stack([r.z for r in rollouts])
     expected = learner.policy.log_prob(z, torch.tensor([0, 1, 0, 1]))
     assert torch.allclose(torch.tensor([r.behaviour_logp for r in rollouts]), expected)
@@ -132,10 +131,10 @@ def test_bad_rewards_are_dropped_and_counted(tiny_backend):
     def failing_scorer(images, prompts):
         raise RuntimeError("scorer crashed")
 
-    kept, drops = score_rollouts(nan_scorer, rollouts, images, ["a red circle"])
+    kept, drops = score_rollouts(nan_scorer, rollouts, images)
     assert [r.rollout_id for r in kept] == [0] and kept[0].reward == 0.5
     assert drops == {"bad_reward": [1, 2]}
-    kept, drops = score_rollouts(failing_scorer, rollouts, images, ["a red circle"])
+    kept, drops = score_rollouts(failing_scorer, rollouts, images)
     assert kept == [] and drops == {"reward_error": [0, 1, 2]}
 
 
@@ -197,7 +196,7 @@ def test_an_overflowing_ratio_stays_finite_and_non_finite_steps_are_skipped():
     cfg = LearnerConfig(
         epochs=1, minibatch_size=4, drcm_steps=1, loss=FindLossConfig(drcm_hidden=16, policy_lr=0.3)
     )
-    learner = Learner(cfg, SHAPE, torch.eye(2))
+    learner = Learner(cfg, SHAPE, prompt_names(2), torch.eye(2))
     rollouts = make_rollouts(learner, 4)
     rollouts[0].behaviour_logp = -1e30  # exp(log ratio) would overflow to inf
     learner.add(rollouts)
@@ -205,7 +204,7 @@ def test_an_overflowing_ratio_stays_finite_and_non_finite_steps_are_skipped():
     assert metrics["skipped_steps"] == 0.0 and metrics["clip_fraction"] > 0
     assert torch.isfinite(learner.policy.mu).all()  # inf * 0 in backward would give NaN
 
-    learner = Learner(cfg, SHAPE, torch.eye(2))
+    learner = Learner(cfg, SHAPE, prompt_names(2), torch.eye(2))
     rollouts = make_rollouts(learner, 4)
     rollouts[1].z = torch.full_like(rollouts[1].z, math.nan)  # a corrupt rollout
     learner.add(rollouts)
@@ -216,7 +215,7 @@ def test_an_overflowing_ratio_stays_finite_and_non_finite_steps_are_skipped():
 
 def test_no_drcm_baseline_uses_raw_rewards():
     cfg = LearnerConfig(baseline="none", epochs=1, loss=FindLossConfig(drcm_hidden=16))
-    learner = Learner(cfg, SHAPE, torch.eye(2))
+    learner = Learner(cfg, SHAPE, prompt_names(2), torch.eye(2))
     drcm_before = copy.deepcopy(learner.drcm.state_dict())
     learner.add(make_rollouts(learner, 8))
     metrics = learner.update()
