@@ -103,7 +103,8 @@ class RewardActor:
 
     def __init__(self, reward: RewardConfig, prompts: list[str], torch_threads: int) -> None:
         torch.set_num_threads(torch_threads)
-        self.reward, self.prompts, self.rows = make_reward(reward), prompts, prompt_table(prompts)
+        self.reward, self.prompts = make_reward(reward), prompts
+        self.prompt_rows = prompt_table(prompts)
 
     def pid(self) -> int:
         return os.getpid()
@@ -116,8 +117,9 @@ class RewardActor:
         rollouts = [r for part in batches[0::2] for r in unpack_rollouts(part)]
         images = torch.from_numpy(np.concatenate(batches[1::2]))
         kept, dropped = score_rollouts(self.reward, rollouts, images)
-        rows = [(r.rollout_id, self.rows[r.prompt], r.reward) for r in kept]
-        summary = ScoreSummary(rows, dropped)
+        summary = ScoreSummary(
+            [(r.rollout_id, self.prompt_rows[r.prompt], r.reward) for r in kept], dropped
+        )
         rewards = {r.rollout_id: r.reward for r in kept}
         for prompt in grid_prompts:
             shown = [

@@ -156,7 +156,7 @@ class Learner:
         self.cfg = cfg
         if len(prompts) != len(prompt_embeddings):
             raise ValueError(f"{len(prompts)} prompts but {len(prompt_embeddings)} embeddings")
-        self.rows = prompt_table(prompts)  # rollouts come keyed by prompt text
+        self.prompt_rows = prompt_table(prompts)  # rollouts come keyed by prompt text
         self.prompt_embeddings = prompt_embeddings.float()
         self.policy = make_policy(
             policy or PolicyConfig(), cfg, latent_shape, self.prompt_embeddings
@@ -195,8 +195,8 @@ class Learner:
         if not len(self.store):  # nothing to learn from: a new version with the same weights
             self.version += 1
             return {"store_size": 0.0}
-        held = stack_rollouts(self.store.rollouts(), self.rows)
-        pid, emb = held.prompt_id, self.prompt_embeddings
+        held = stack_rollouts(self.store.rollouts(), self.prompt_rows)
+        pid, emb = held.prompt_row, self.prompt_embeddings
         with torch.no_grad():
             mu, sigma = self.policy.mean_std(torch.arange(self.policy.num_prompts))
         use_drcm = self.cfg.baseline == "drcm"
@@ -228,9 +228,9 @@ class Learner:
             opt = torch.optim.SGD(trained, lr=self.cfg.loss.policy_lr)
         steps: list[dict[str, float]] = []
         for batch in self.store.minibatches(
-            self.cfg.minibatch_size, self.rows, self.cfg.epochs, self.generator
+            self.cfg.minibatch_size, self.prompt_rows, self.cfg.epochs, self.generator
         ):
-            b = batch.prompt_id
+            b = batch.prompt_row
             adv = advantage(b, batch.reward)
             loss, step = policy_loss(stepped, batch.z, b, batch.behaviour_logp, adv, self.cfg.loss)
             if not torch.isfinite(loss):  # e.g. an overflowing ratio: skip, never apply it

@@ -30,7 +30,7 @@ class RolloutBatch(NamedTuple):
     prompt table."""
 
     rollout_id: Tensor  # (B,) long
-    prompt_id: Tensor  # (B,) long: the row of each rollout's prompt
+    prompt_row: Tensor  # (B,) long: the row of each rollout's prompt
     z: Tensor  # (B, *latent_shape)
     behaviour_logp: Tensor  # (B,) z.dtype
     policy_version: Tensor  # (B,) long
@@ -62,7 +62,7 @@ def stack_rollouts(rollouts: list[Rollout], rows: Mapping[str, int]) -> RolloutB
 
     return RolloutBatch(
         rollout_id=col("rollout_id", torch.long),
-        prompt_id=torch.tensor([rows[r.prompt] for r in rollouts], dtype=torch.long),
+        prompt_row=torch.tensor([rows[r.prompt] for r in rollouts], dtype=torch.long),
         z=z,
         behaviour_logp=col("behaviour_logp", z.dtype),
         policy_version=col("policy_version", torch.long),

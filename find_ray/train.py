@@ -58,7 +58,7 @@ class FindLoop:
         self, cfg: FindRayConfig, backend: Backend, reward: RewardFn, prompts: list[str]
     ) -> None:
         self.cfg, self.reward, self.prompts = cfg, reward, prompts
-        self.rows = prompt_table(prompts)
+        self.prompt_rows = prompt_table(prompts)
         self.learner = Learner(
             cfg.learner,
             backend.latent_shape,
@@ -91,7 +91,7 @@ class FindLoop:
             self.learner.add(scored)
             metrics = self.learner.update()
             rewards = [r.reward for r in scored]
-            metrics.update(reward_metrics(rewards, [self.rows[r.prompt] for r in scored]))
+            metrics.update(reward_metrics(rewards, [self.prompt_rows[r.prompt] for r in scored]))
             for reason, n in drops.items():
                 metrics[f"drops/{reason}"] = float(n)
             yield metrics

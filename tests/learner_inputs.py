@@ -21,7 +21,7 @@ def scored_rollouts(
     version: int,
 ) -> list[Rollout]:
     """Rollouts of the learner's prompts `ids` (rows), ids from `first_id`, drawn by `version`."""
-    prompts = list(learner.rows)
+    prompts = list(learner.prompt_rows)
     return [
         Rollout(first_id + i, prompts[int(ids[i])], z[i], float(logp[i]), version, float(reward[i]))
         for i in range(len(ids))

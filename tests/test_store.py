@@ -69,7 +69,7 @@ def test_minibatches_cover_each_record_once_per_epoch():
     assert b.z.shape == (4, 2, 2) and b.z.dtype == torch.float32
     for i, rid in enumerate(b.rollout_id.tolist()):  # columns stay aligned
         assert torch.equal(b.z[i], torch.full((2, 2), float(rid)))
-        assert b.prompt_id[i].item() == 3 - rid % 4 and b.policy_version[i].item() == rid % 3
+        assert b.prompt_row[i].item() == 3 - rid % 4 and b.policy_version[i].item() == rid % 3
         assert b.behaviour_logp[i].item() == pytest.approx(-1.0 - rid)
         assert b.reward[i].item() == pytest.approx(0.1 * rid)
 
@@ -143,8 +143,8 @@ def test_rollouts_are_keyed_by_prompt_text():
     """A rollout's row comes from the learner's table at stacking time; a prompt the table
     lacks, or a table with a prompt twice, is an error rather than a silent mix-up."""
     rollouts = [_rollout(0, prompt="prompt 2"), _rollout(1, prompt="prompt 0")]
-    assert stack_rollouts(rollouts, ROWS).prompt_id.tolist() == [2, 0]
-    assert stack_rollouts(rollouts, {"prompt 0": 1, "prompt 2": 0}).prompt_id.tolist() == [0, 1]
+    assert stack_rollouts(rollouts, ROWS).prompt_row.tolist() == [2, 0]
+    assert stack_rollouts(rollouts, {"prompt 0": 1, "prompt 2": 0}).prompt_row.tolist() == [0, 1]
     with pytest.raises(KeyError, match="prompt 2"):
         stack_rollouts(rollouts, prompt_table(["prompt 0"]))
     with pytest.raises(ValueError, match="distinct"):
