@@ -58,7 +58,6 @@ class FindLoop:
         self, cfg: FindRayConfig, backend: Backend, reward: RewardFn, prompts: list[str]
     ) -> None:
         self.cfg, self.reward, self.prompts = cfg, reward, prompts
-        self.prompt_rows = prompt_table(prompts)
         self.learner = Learner(
             cfg.learner,
             backend.latent_shape,
@@ -91,7 +90,8 @@ class FindLoop:
             self.learner.add(scored)
             metrics = self.learner.update()
             rewards = [r.reward for r in scored]
-            metrics.update(reward_metrics(rewards, [self.prompt_rows[r.prompt] for r in scored]))
+            rows = [self.learner.prompt_rows[r.prompt] for r in scored]
+            metrics.update(reward_metrics(rewards, rows))
             for reason, n in drops.items():
                 metrics[f"drops/{reason}"] = float(n)
             yield metrics
