@@ -30,10 +30,10 @@ import torch
 
 from find_ray.backends import make_backend
 from find_ray.config import load_config
-from find_ray.evaluate import eval_noise, evaluate
+from find_ray.eval.evaluate import eval_noise, evaluate
+from find_ray.prompts import load_suite
 from find_ray.rewards import make_reward
 from find_ray.shapes.captions import parse_caption
-from find_ray.shapes.suites import load_suite
 
 RESULTS = Path(__file__).resolve().parent / "results" / "alignment"
 

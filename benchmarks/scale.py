@@ -20,7 +20,7 @@ import numpy as np
 import ray
 
 from find_ray.config import load_config
-from find_ray.driver import RayTrainer
+from find_ray.system.driver import RayTrainer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scale"
 WARMUP_UPDATES = 3

@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from find_ray.config import load_config
-from find_ray.run_folder import finished_with
-from find_ray.train import train_in_process
+from find_ray.runs.folder import finished_with
+from find_ray.runs.in_process import train_in_process
 
 RESULTS = Path(__file__).resolve().parent / "results" / "alignment"
 FACTORS: dict[str, list[str]] = {

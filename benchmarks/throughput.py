@@ -26,10 +26,10 @@ from pathlib import Path
 import ray
 import torch
 
-from find_ray.actors import RolloutActor, peak_memory_mib
 from find_ray.backends import make_backend
 from find_ray.config import FindRayConfig, load_config
-from find_ray.driver import RayTrainer
+from find_ray.system.actors import RolloutActor, peak_memory_mib
+from find_ray.system.driver import RayTrainer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "throughput"
 PROMPT = "three red apples on a wooden table"

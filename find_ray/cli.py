@@ -31,7 +31,7 @@ def cmd_sample(args) -> None:
     import torch
 
     from find_ray.backends import make_backend
-    from find_ray.evaluate import fmt, score_labels
+    from find_ray.eval.evaluate import fmt, score_labels
     from find_ray.images import image_grid, to_uint8
     from find_ray.rewards import check_prompts, make_reward
 
@@ -55,15 +55,15 @@ def cmd_eval(args) -> None:
     from dataclasses import asdict
 
     if args.run:
-        from find_ray.run_eval import evaluate_run
+        from find_ray.eval.run_eval import evaluate_run
 
         print(f"report: {evaluate_run(args.run, args.suite, args.overrides, args.out)}")
         return
 
     from find_ray.backends import make_backend
-    from find_ray.evaluate import evaluate, markdown_table, write_report
+    from find_ray.eval.evaluate import evaluate, markdown_table, write_report
+    from find_ray.prompts import load_suite
     from find_ray.rewards import check_prompts, make_reward
-    from find_ray.shapes.suites import load_suite
 
     cfg = _config(args)
     if args.suite:
@@ -92,23 +92,23 @@ def cmd_eval(args) -> None:
 
 def cmd_train(args) -> None:
     if args.resume:
-        from find_ray.driver import resume_with_ray
+        from find_ray.system.driver import resume_with_ray
 
         print(f"report: {resume_with_ray(args.resume, args.overrides).report}")
         return
     cfg = _config(args)
     if args.no_ray:
-        from find_ray.train import train_in_process
+        from find_ray.runs.in_process import train_in_process
 
         print(f"report: {train_in_process(cfg).report}")
         return
-    from find_ray.driver import train_with_ray
+    from find_ray.system.driver import train_with_ray
 
     print(f"report: {train_with_ray(cfg).report}")
 
 
 def cmd_bench(args) -> None:
-    from find_ray.bench import load_bench_config, run_bench
+    from find_ray.bench.methods import load_bench_config, run_bench
 
     cfg = load_bench_config(args.config, args.overrides)
     print(f"table: {run_bench(cfg, args.methods)}")

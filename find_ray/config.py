@@ -12,8 +12,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from find_ray.algo.learner import LearnerConfig, PolicyConfig
 from find_ray.errors import ConfigError
-from find_ray.learner import LearnerConfig, PolicyConfig
 from find_ray.shapes.settings import PretrainConfig
 
 SHAPES_MODEL = "shapes"  # alias of the model folder shipped inside the package

@@ -2,8 +2,8 @@
 
 from torch import Tensor
 
-from find_ray.learner import Learner
-from find_ray.store import Rollout
+from find_ray.algo.learner import Learner
+from find_ray.algo.store import Rollout
 
 
 def prompt_names(n: int) -> list[str]:

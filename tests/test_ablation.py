@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from find_ray.stats import expected_best_of
+from find_ray.eval.stats import expected_best_of
 from tests.benchmark_script import load_benchmark, tiny_run_args
 
 ablation = load_benchmark("ablation")

@@ -52,7 +52,7 @@ def test_alignment_runs_seeds_and_reads_them_back(
     def no_training(cfg):
         raise AssertionError(f"retrained {cfg.train.out_dir}")
 
-    monkeypatch.setattr("find_ray.driver.train_with_ray", no_training)
+    monkeypatch.setattr("find_ray.system.driver.train_with_ray", no_training)
     alignment.main(args)  # finished seeds of the same config are read back
     again = json.loads((tmp_path / "results" / "tiny.json").read_text())
     assert [r["train"] for r in again["seeds"]] == [r["train"] for r in data["seeds"]]

@@ -9,13 +9,13 @@ import math
 import pytest
 import torch
 
-from find_ray.amortized import AmortizedNoisePolicy
+from find_ray.algo.amortized import AmortizedNoisePolicy
+from find_ray.algo.learner import Learner, LearnerConfig, PolicyConfig, per_prompt_mean
+from find_ray.algo.losses import FindLossConfig
+from find_ray.algo.policy import GaussianNoisePolicy, load_policy, policy_from_state
+from find_ray.algo.trust_region import parameters_of, trust_region_
 from find_ray.config import load_config
 from find_ray.errors import ConfigError
-from find_ray.find import FindLossConfig
-from find_ray.learner import Learner, LearnerConfig, PolicyConfig, per_prompt_mean
-from find_ray.policy import GaussianNoisePolicy, load_policy, policy_from_state
-from find_ray.trust_region import parameters_of, trust_region_
 from tests.learner_inputs import prompt_names, scored_rollouts
 
 SHAPES = [(3, 8, 8), (4, 16, 8), (4, 2, 8, 8)]  # no upsampling; upsampled; a video latent
@@ -85,7 +85,7 @@ def test_per_prompt_copy_equals_the_policy_on_its_prompts():
 
 
 def test_projection_fits_the_network_to_per_prompt_targets():
-    from find_ray.learner import project_
+    from find_ray.algo.learner import project_
 
     emb = torch.randn(4, 6)
     policy = AmortizedNoisePolicy(emb, (2, 4, 4), (0.5, 2.0), hidden=32, grid=4)
@@ -196,7 +196,7 @@ def test_per_prompt_mean_baseline():
 
 
 def test_prompts_per_iteration_draws_distinct_prompts_per_iteration():
-    from find_ray.rollout import iteration_prompt_ids
+    from find_ray.algo.rollout import iteration_prompt_ids
 
     assert iteration_prompt_ids(3, 2) == [0, 0, 1, 1, 2, 2]  # 0: every prompt
     plans = [iteration_prompt_ids(28, 2, 5, it, seed=3) for it in range(4)]

@@ -247,8 +247,8 @@ def test_find_updates_through_ray_on_each_family(ray_local, tiny, tmp_path, fami
     the config's own reward (ImageReward, PickScore, CLIPScore, video CLIP) with tiny weights
     in their real formats: the final checkpoint, the run's policy and its metrics."""
     from find_ray import cli
+    from find_ray.algo.policy import GaussianNoisePolicy
     from find_ray.config import load_config
-    from find_ray.policy import GaussianNoisePolicy
 
     run, config = tmp_path / "run", f"configs/{CONFIGS[family]}.yaml"
     argv = ["train", "--config", config, *TINY_RUN]

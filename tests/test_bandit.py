@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from find_ray.find import FindLossConfig
-from find_ray.learner import Learner, LearnerConfig
-from find_ray.policy import diagonal_gaussian_kl
+from find_ray.algo.learner import Learner, LearnerConfig
+from find_ray.algo.losses import FindLossConfig
+from find_ray.algo.policy import diagonal_gaussian_kl
 from tests.learner_inputs import prompt_names, scored_rollouts
 
 DIM = 16

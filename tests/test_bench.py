@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from find_ray import bench as bench_module
-from find_ray.bench import load_bench_config, run_bench
+from find_ray.bench import methods as bench_module
+from find_ray.bench.methods import load_bench_config, run_bench
 from find_ray.cli import main
 from find_ray.errors import ConfigError
 

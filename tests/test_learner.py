@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
+from find_ray.algo.learner import Learner, LearnerConfig
+from find_ray.algo.losses import FindLossConfig
+from find_ray.algo.rollout import RolloutWorker, score_rollouts
+from find_ray.algo.store import Rollout
 from find_ray.backends import PipelineBackend, load_pipeline
 from find_ray.config import load_config
-from find_ray.find import FindLossConfig
-from find_ray.learner import Learner, LearnerConfig
-from find_ray.rollout import RolloutWorker, score_rollouts
-from find_ray.store import Rollout
 from tests.learner_inputs import prompt_names, scored_rollouts
 
 SHAPE = (2, 4, 4)
@@ -149,8 +149,8 @@ def test_rollout_noise_depends_only_on_seed_and_id(tiny_backend):
 
 
 def test_train_in_process_writes_policy_report_and_tensorboard(tiny_shapes_dir, tmp_path):
-    from find_ray.policy import GaussianNoisePolicy
-    from find_ray.train import train_in_process
+    from find_ray.algo.policy import GaussianNoisePolicy
+    from find_ray.runs.in_process import train_in_process
 
     cfg = load_config(
         None,

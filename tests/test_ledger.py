@@ -2,7 +2,7 @@
 
 import pytest
 
-from find_ray.ledger import RolloutLedger
+from find_ray.system.ledger import RolloutLedger
 
 
 def test_ids_end_exactly_once_and_totals_add_up():

@@ -1,4 +1,4 @@
-"""Tests of find_ray.policy: Gaussian log-densities, KL, sampling, safetensors round-trip."""
+"""Tests of find_ray.algo.policy: Gaussian log-densities, KL, sampling, safetensors round-trip."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from find_ray.policy import (
+from find_ray.algo.policy import (
     GaussianNoisePolicy,
     diagonal_gaussian_kl,
     gaussian_log_prob,

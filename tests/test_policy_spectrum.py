@@ -3,7 +3,7 @@ white noise; the shared fraction is 1 for identical means; the script reads a po
 
 import torch
 
-from find_ray.policy import GaussianNoisePolicy
+from find_ray.algo.policy import GaussianNoisePolicy
 from tests.benchmark_script import load_benchmark
 
 spectrum = load_benchmark("policy_spectrum")

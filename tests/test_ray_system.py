@@ -17,13 +17,14 @@ import pytest
 import ray
 import torch
 
-from find_ray import cli, driver
-from find_ray.checkpoint import load_checkpoint
+from find_ray import cli
+from find_ray.algo.policy import GaussianNoisePolicy, load_policy
 from find_ray.config import load_config
-from find_ray.driver import RayTrainer, resume_config
 from find_ray.errors import FindRayError
-from find_ray.policy import GaussianNoisePolicy, load_policy
-from find_ray.train import train_in_process
+from find_ray.runs.in_process import train_in_process
+from find_ray.system import driver
+from find_ray.system.checkpoint import load_checkpoint
+from find_ray.system.driver import RayTrainer, resume_config
 
 pytestmark = pytest.mark.ray
 

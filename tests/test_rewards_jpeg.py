@@ -48,7 +48,7 @@ def test_jpeg_scores_videos_per_frame_and_averages():
 def test_a_reward_without_exact_match_trains_and_reports(tmp_path):
     # the shapes reward's "exact" is one reward's extra metric: the loop and report do without
     from find_ray.config import load_config
-    from find_ray.train import train_in_process
+    from find_ray.runs.in_process import train_in_process
 
     overrides = [
         "model.backend=simulated",

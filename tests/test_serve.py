@@ -20,13 +20,13 @@ import torch
 from PIL import Image
 
 from find_ray import cli
+from find_ray.algo.policy import GaussianNoisePolicy
 from find_ray.config import load_config
 from find_ray.errors import FindRayError, ModelPathError
-from find_ray.policy import GaussianNoisePolicy
-from find_ray.run_folder import load_run_policy, newest_policy_version
+from find_ray.runs.folder import load_run_policy, newest_policy_version
+from find_ray.runs.in_process import train_in_process
 from find_ray.serve.generator import AlignedGenerator, image_noise
 from find_ray.serve.schema import MAX_BODY_BYTES, RequestError, ServeArgs, parse_generate
-from find_ray.train import train_in_process
 from tests.benchmark_script import load_benchmark
 
 TRAINED = ["p one", "p two"]

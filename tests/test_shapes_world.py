@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from find_ray.errors import PromptError
+from find_ray.prompts import load_suite
 from find_ray.shapes import caption_for, detect, match_score, parse_caption, render, sample_scene
 from find_ray.shapes.captions import VOCABULARY
-from find_ray.shapes.suites import load_suite
 
 
 def test_detector_recovers_ground_truth_scenes():

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from find_ray.stats import paired_bootstrap_ci
+from find_ray.eval.stats import paired_bootstrap_ci
 
 
 def test_identical_and_constant_gains():

@@ -1,11 +1,11 @@
-"""Tests of find_ray.store: capacity and lag drops, unique ids, minibatch coverage, state_dict."""
+"""Tests of find_ray.algo.store: capacity and lag drops, unique ids, minibatches, state_dict."""
 
 from collections import Counter
 
 import pytest
 import torch
 
-from find_ray.store import Rollout, RolloutStore, prompt_table, stack_rollouts
+from find_ray.algo.store import Rollout, RolloutStore, prompt_table, stack_rollouts
 
 PROMPTS = [f"prompt {i}" for i in range(4)]
 ROWS = prompt_table(PROMPTS)
@@ -121,7 +121,7 @@ def test_packed_rollouts_round_trip_through_pickle():
     """The wire form between actors keeps every field (z exactly) and survives an empty batch."""
     import pickle
 
-    from find_ray.store import pack_rollouts, unpack_rollouts
+    from find_ray.algo.store import pack_rollouts, unpack_rollouts
 
     rollouts = [
         Rollout(7 + n, PROMPTS[n % 3], torch.randn(2, 4, 4), -1.5 * n, 3, 0.25 * n)

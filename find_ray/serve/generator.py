@@ -18,9 +18,9 @@ from find_ray.backends import Backend, denoiser_calls, make_backend
 from find_ray.config import RewardConfig
 from find_ray.errors import FindRayError
 from find_ray.rewards import RewardFn, check_prompts, make_reward
-from find_ray.run_folder import RunPolicy, load_run_policy, read_run_config
+from find_ray.runs.folder import RunPolicy, load_run_policy, read_run_config
+from find_ray.runs.in_process import train_prompts
 from find_ray.serve.schema import RequestError
-from find_ray.train import train_prompts
 
 log = logging.getLogger(__name__)
 

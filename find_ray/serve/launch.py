@@ -13,7 +13,7 @@ import time
 from ray import serve
 
 from find_ray.config import RayConfig
-from find_ray.run_folder import newest_policy_version
+from find_ray.runs.folder import newest_policy_version
 from find_ray.serve.app import build_app
 from find_ray.serve.schema import ServeArgs
 
@@ -36,7 +36,7 @@ def deploy(
 
     Returns its URL and the arguments deployed, `policy_version` set to the version on disk.
     """
-    from find_ray.driver import connect
+    from find_ray.system.driver import connect
 
     args = args.model_copy(update={"policy_version": newest_policy_version(args.run_dir)})
     app = build_app(args)  # checks the run folder before touching Ray

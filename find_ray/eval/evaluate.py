@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from find_ray.algo.policy import NoisePolicy
 from find_ray.backends import Backend
 from find_ray.config import EvalConfig
 from find_ray.images import image_grid, stack, to_uint8
-from find_ray.policy import NoisePolicy
 from find_ray.rewards import RewardFn
 
 # Maps (prompt index, standard-normal eps (k, *shape)) to z_T; the identity is the base policy.

@@ -46,18 +46,18 @@ from ray.exceptions import (
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from find_ray.actor_health import ActorHealth
-from find_ray.actors import Actors, start_actors
+from find_ray.algo.rollout import iteration_prompt_ids
 from find_ray.backends import check_model
-from find_ray.checkpoint import load_checkpoint, policy_from_state, save_checkpoint
 from find_ray.config import FindRayConfig, RayConfig, load_config, to_yaml
 from find_ray.errors import FindRayError
-from find_ray.evaluate import EvalCollector, PromptResult, eval_batches, grid_rows, suite_grid
+from find_ray.eval.evaluate import EvalCollector, PromptResult, eval_batches, grid_rows, suite_grid
 from find_ray.images import stack
-from find_ray.ledger import RolloutLedger
 from find_ray.rewards import check_reward
-from find_ray.rollout import iteration_prompt_ids
-from find_ray.train import TrainResult, reward_metrics, train_prompts, write_find_report
+from find_ray.runs.in_process import TrainResult, reward_metrics, train_prompts, write_find_report
+from find_ray.system.actors import Actors, start_actors
+from find_ray.system.checkpoint import load_checkpoint, policy_from_state, save_checkpoint
+from find_ray.system.health import ActorHealth
+from find_ray.system.ledger import RolloutLedger
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
+from find_ray.algo.policy import policy_from_state
 from find_ray.errors import FindRayError
-from find_ray.policy import policy_from_state
 
 
 def save_checkpoint(path: Path, learner_state: dict[str, Any], meta: dict[str, Any]) -> None:

@@ -224,7 +224,7 @@ class GaussianNoisePolicy(NoisePolicy):
 
 def policy_from_state(state: dict[str, Tensor]) -> NoisePolicy:
     """A per-prompt or amortized policy rebuilt from its state dict (weights travel this way)."""
-    from find_ray.amortized import AmortizedNoisePolicy
+    from find_ray.algo.amortized import AmortizedNoisePolicy
 
     return (AmortizedNoisePolicy if "embeddings" in state else GaussianNoisePolicy).from_state(
         state
@@ -233,7 +233,7 @@ def policy_from_state(state: dict[str, Tensor]) -> NoisePolicy:
 
 def load_policy(path: str | Path) -> NoisePolicy:
     """The policy in a file written by ``NoisePolicy.save``, whichever its kind."""
-    from find_ray.amortized import AmortizedNoisePolicy
+    from find_ray.algo.amortized import AmortizedNoisePolicy
 
     kinds = {cls.kind: cls for cls in (GaussianNoisePolicy, AmortizedNoisePolicy)}
     kind = read_policy_metadata(path).get("kind")

@@ -12,10 +12,10 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
+from find_ray.algo.policy import GaussianNoisePolicy, Reduction, policy_from_state
+from find_ray.algo.store import Rollout
 from find_ray.backends import Backend
-from find_ray.policy import GaussianNoisePolicy, Reduction, policy_from_state
 from find_ray.rewards import RewardFn
-from find_ray.store import Rollout
 
 log = logging.getLogger(__name__)
 

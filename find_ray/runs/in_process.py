@@ -20,14 +20,14 @@ from tqdm import tqdm
 from find_ray.backends import Backend, make_backend
 from find_ray.config import FindRayConfig
 from find_ray.errors import ConfigError
-from find_ray.evaluate import PromptResult, evaluate_policy, fmt, suite_grid
+from find_ray.eval.evaluate import PromptResult, evaluate_policy, fmt, suite_grid
 from find_ray.images import stack
-from find_ray.learner import Learner
+from find_ray.algo.learner import Learner
 from find_ray.rewards import RewardFn, check_prompts, make_reward
-from find_ray.rollout import RolloutWorker, iteration_prompt_ids, score_rollouts
-from find_ray.shapes.suites import load_suite
-from find_ray.stats import paired_bootstrap_ci
-from find_ray.store import prompt_table
+from find_ray.algo.rollout import RolloutWorker, iteration_prompt_ids, score_rollouts
+from find_ray.prompts import load_suite
+from find_ray.eval.stats import paired_bootstrap_ci
+from find_ray.algo.store import prompt_table
 
 
 def train_prompts(cfg: FindRayConfig) -> list[str]:

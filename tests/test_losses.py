@@ -1,11 +1,11 @@
-"""Tests of find_ray.find: ratio, clipped surrogate (values and gradients), DRCM, policy loss."""
+"""Tests of find_ray.algo.losses: ratio, clipped surrogate (values, grads), DRCM, policy loss."""
 
 import math
 
 import pytest
 import torch
 
-from find_ray.find import (
+from find_ray.algo.losses import (
     DRCM,
     MAX_LOG_RATIO,
     FindLossConfig,
@@ -16,7 +16,7 @@ from find_ray.find import (
     policy_loss,
     ratio,
 )
-from find_ray.policy import GaussianNoisePolicy, initial_log_prob
+from find_ray.algo.policy import GaussianNoisePolicy, initial_log_prob
 
 RHO = torch.tensor([0.5, 1.0, 1.5, 0.5])
 ADV = torch.tensor([1.0, -2.0, 3.0, -1.0])

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from find_ray.amortized import AmortizedNoisePolicy
+from find_ray.algo.amortized import AmortizedNoisePolicy
 from find_ray.config import FindRayConfig, load_config, to_yaml
 from find_ray.errors import FindRayError, ModelPathError
-from find_ray.policy import NoisePolicy, load_policy, read_policy_metadata
+from find_ray.algo.policy import NoisePolicy, load_policy, read_policy_metadata
 
 POLICY_FILES = ("policy.safetensors", "checkpoint/policy.safetensors")
 

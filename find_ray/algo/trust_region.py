@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from find_ray.policy import NoisePolicy, diagonal_gaussian_kl
+from find_ray.algo.policy import NoisePolicy, diagonal_gaussian_kl
 
 BISECTION_STEPS = 30
 

@@ -12,8 +12,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from find_ray.amortized import AmortizedNoisePolicy
-from find_ray.find import (
+from find_ray.algo.amortized import AmortizedNoisePolicy
+from find_ray.algo.losses import (
     DRCM,
     FindLossConfig,
     advantage_variance_report,
@@ -21,9 +21,9 @@ from find_ray.find import (
     calibration_step,
     policy_loss,
 )
-from find_ray.policy import GaussianNoisePolicy, NoisePolicy, diagonal_gaussian_kl
-from find_ray.store import Rollout, RolloutStore, prompt_table, stack_rollouts
-from find_ray.trust_region import parameters_of, trust_region_
+from find_ray.algo.policy import GaussianNoisePolicy, NoisePolicy, diagonal_gaussian_kl
+from find_ray.algo.store import Rollout, RolloutStore, prompt_table, stack_rollouts
+from find_ray.algo.trust_region import parameters_of, trust_region_
 
 Optimizer = Literal["natural", "sgd", "adamw"]
 MIN_SLOPE = 0.1

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import torch
 
+from find_ray.algo.policy import standard_normal_kl
 from find_ray.backends import make_backend
 from find_ray.config import FindRayConfig, load_config
-from find_ray.evaluate import NoiseTransform, PromptResult, evaluate, evaluate_policy
-from find_ray.policy import standard_normal_kl
+from find_ray.eval.evaluate import NoiseTransform, PromptResult, evaluate, evaluate_policy
+from find_ray.prompts import load_suite
 from find_ray.rewards import check_prompts, make_reward
-from find_ray.run_folder import RunPolicy, load_run_policy, read_run_config
-from find_ray.shapes.suites import load_suite
-from find_ray.train import train_prompts, write_find_report
+from find_ray.runs.folder import RunPolicy, load_run_policy, read_run_config
+from find_ray.runs.in_process import train_prompts, write_find_report
 
 
 def run_transform(

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from find_ray.algo.policy import standard_normal_kl
 from find_ray.backends import denoiser_calls, make_backend
 from find_ray.baselines.chain import DenoisingChain
 from find_ray.baselines.ddpo import DDPOConfig, DDPOTrainer
@@ -47,17 +48,16 @@ from find_ray.config import (
     load_structured,
 )
 from find_ray.errors import ConfigError
-from find_ray.evaluate import (
+from find_ray.eval.evaluate import (
     PromptResult,
     eval_noise,
     evaluate,
     policy_transform,
     score_plan,
 )
-from find_ray.policy import standard_normal_kl
+from find_ray.eval.stats import expected_best_of, paired_bootstrap_ci
+from find_ray.prompts import load_suite
 from find_ray.rewards import make_differentiable_reward, make_reward
-from find_ray.shapes.suites import load_suite
-from find_ray.stats import expected_best_of, paired_bootstrap_ci
 
 METHODS = ("base", "best_of_n", "find", "ddpo", "drtune", "dno")
 
@@ -313,7 +313,7 @@ def run_best_of_n(bench: Bench) -> list[Point]:
 def run_find(bench: Bench) -> list[Point]:
     """The in-process FIND loop on the bench prompts until the largest budget; evaluated at
     each budget it passes."""
-    from find_ray.train import FindLoop
+    from find_ray.runs.in_process import FindLoop
 
     s, backend = bench.s, bench.backend()
     cfg: FindRayConfig = load_config(None, [*s.find, f"train.seed={s.seed}"])

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from find_ray.policy import SIGMA_MIN, NoisePolicy, bounded_log_sigma
+from find_ray.algo.policy import SIGMA_MIN, NoisePolicy, bounded_log_sigma
 
 
 def low_resolution(size: int, grid: int) -> int:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from find_ray.actor_health import ActorHealth
 from find_ray.errors import FindRayError
+from find_ray.system.health import ActorHealth
 
 
 def test_cooldown_retirement_and_the_last_actor():

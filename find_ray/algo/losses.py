@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from find_ray.policy import NoisePolicy, Reduction, initial_log_prob
+from find_ray.algo.policy import NoisePolicy, Reduction, initial_log_prob
 
 SurrogateForm = Literal["ppo", "clamp"]
 RatioReference = Literal["behaviour", "initial"]

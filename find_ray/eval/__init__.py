@@ -1,0 +1,1 @@
+"""Evaluation: suites on fixed noise, paired statistics, diversity, reports."""

@@ -1,0 +1,1 @@
+"""The Ray actor-learner system: actors, the asynchronous driver, accounting, checkpoints."""
