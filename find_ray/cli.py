@@ -30,8 +30,9 @@ def cmd_sample(args) -> None:
 
     import torch
 
+    from find_ray.algo.noise import seeded_normal
     from find_ray.backends import make_backend
-    from find_ray.eval.evaluate import fmt, score_labels
+    from find_ray.eval.report import fmt, score_labels
     from find_ray.images import image_grid, to_uint8
     from find_ray.rewards import check_prompts, make_reward
 
@@ -39,9 +40,7 @@ def cmd_sample(args) -> None:
     check_prompts(cfg.reward, [args.prompt])
     backend = make_backend(cfg.model)
     reward = make_reward(cfg.reward)
-    z = torch.randn(
-        (args.n, *backend.latent_shape), generator=torch.Generator().manual_seed(args.seed)
-    )
+    z = seeded_normal((args.n, *backend.latent_shape), 0, args.seed)
     images = backend.generate(z, [args.prompt] * args.n, seed=args.seed)
     scores, info = reward(images, [args.prompt] * args.n)
     exact = info.get("exact", torch.full_like(scores, math.nan))
@@ -55,13 +54,14 @@ def cmd_eval(args) -> None:
     from dataclasses import asdict
 
     if args.run:
-        from find_ray.eval.run_eval import evaluate_run
+        from find_ray.runs.run_eval import evaluate_run
 
         print(f"report: {evaluate_run(args.run, args.suite, args.overrides, args.out)}")
         return
 
     from find_ray.backends import make_backend
-    from find_ray.eval.evaluate import evaluate, markdown_table, write_report
+    from find_ray.eval.evaluate import evaluate
+    from find_ray.eval.report import suite_table, write_report
     from find_ray.prompts import load_suite
     from find_ray.rewards import check_prompts, make_reward
 
@@ -86,7 +86,7 @@ def cmd_eval(args) -> None:
     report = write_report(
         results, cfg.eval.out_dir, f"Base policy on the {cfg.eval.suite} suite", settings
     )
-    print(markdown_table(results))
+    print(suite_table(results))
     print(f"report: {report}")
 
 
@@ -108,7 +108,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from find_ray.bench.methods import load_bench_config, run_bench
+    from find_ray.bench import load_bench_config, run_bench
 
     cfg = load_bench_config(args.config, args.overrides)
     print(f"table: {run_bench(cfg, args.methods)}")

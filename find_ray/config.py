@@ -8,13 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from find_ray.algo.learner import LearnerConfig, PolicyConfig
 from find_ray.errors import ConfigError
 from find_ray.shapes.settings import PretrainConfig
+
+Reduction = Literal["mean", "sum"]  # how a log-density is reduced over the latent
+SurrogateForm = Literal["ppo", "clamp"]
+RatioReference = Literal["behaviour", "initial"]
+Optimizer = Literal["natural", "sgd", "adamw"]
 
 SHAPES_MODEL = "shapes"  # alias of the model folder shipped inside the package
 
@@ -177,6 +182,71 @@ class RayConfig:
             for kind in ("cpus", "gpus"):
                 value = getattr(self, f"{key}_num_{kind}")
                 _require(value >= 0, f"ray.{key}_num_{kind}", f"must be >= 0, got {value}")
+
+
+@dataclass
+class FindLossConfig:
+    """Hyper-parameters of the FIND update (defaults: DESIGN.md section 2 / FIND code)."""
+
+    eps: float = 0.2  # ratio clip range
+    reg_weight: float = 0.01  # lambda of mean(mu^2 + (sigma - 1)^2)
+    surrogate: SurrogateForm = "ppo"  # "ppo": min(rho*A, clip*A); "clamp": FIND's clip(rho)*A
+    ratio_reference: RatioReference = "behaviour"  # behaviour policy or pi_0 = N(0, I)
+    logp_reduction: Reduction = "mean"  # per-element mean of the log-density (FIND code)
+    policy_lr: float = 1e-3
+    drcm_lr: float = 1e-4
+    drcm_hidden: int = 256
+    normalise_advantages: bool = False  # standardise A per minibatch
+
+
+@dataclass
+class PolicyConfig:
+    """Which noise policy the learner trains (`policy.*` in a config)."""
+
+    kind: Literal["per_prompt", "amortized"] = "per_prompt"  # amortized: mu, sigma from e_c
+    hidden: int = 256  # amortized: MLP width
+    grid: int = 8  # amortized: the low-resolution map's size before the learned upsampling
+
+    def __post_init__(self) -> None:
+        if self.hidden < 1 or self.grid < 1:
+            raise ConfigError("config keys 'policy.hidden', 'policy.grid': must be >= 1")
+
+
+@dataclass
+class LearnerConfig:
+    # natural: SGD on the Fisher-preconditioned gradient (step size loss.policy_lr). For the
+    # amortized policy the natural step is taken on a per-prompt copy of its outputs and then
+    # projected onto its network (projection_steps AdamW steps at projection_lr on the KL)
+    optimizer: Optimizer = "natural"
+    projection_steps: int = 100
+    projection_lr: float = 1e-3
+    epochs: int = 4  # passes over the stored rollouts per update
+    minibatch_size: int = 64
+    # drcm: A = r - g(mu, sigma, e_c); prompt_mean: A = r - the prompt's mean stored reward
+    # (a running mean over the store's window); none: A = r (the no-baseline ablation)
+    baseline: Literal["drcm", "prompt_mean", "none"] = "drcm"
+    drcm_steps: int = 20  # DRCM MSE steps on the stored rollouts before each policy update
+    drcm_pool: int = 0  # average-pool mu/sigma to pool x pool before the DRCM (0: no pooling)
+    learn_sigma: bool = True
+    sigma_min: float = 0.5  # sigma is squashed into [sigma_min, sigma_max] (max .inf: unbounded)
+    sigma_max: float = 2.0
+    target_kl: float = 0.0  # per-update trust region on KL(pi_old || pi_new) per prompt (0: off)
+    store_capacity: int = 1024
+    max_policy_lag: int = 2  # older rollouts are dropped ("stale"); the ratio corrects the rest
+    loss: FindLossConfig = field(default_factory=FindLossConfig)
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "minibatch_size", "store_capacity", "projection_steps"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key 'learner.{key}': must be >= 1")
+        if self.max_policy_lag < 0:
+            raise ConfigError("config key 'learner.max_policy_lag': must be >= 0")
+        if not 0 < self.sigma_min < 1 < self.sigma_max:
+            raise ConfigError(
+                "config keys 'learner.sigma_min', 'learner.sigma_max': need 0 < min < 1 < max"
+            )
+        if self.target_kl < 0:
+            raise ConfigError("config key 'learner.target_kl': must be >= 0 (0 turns it off)")
 
 
 @dataclass

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from find_ray.eval.stats import expected_best_of
-from tests.benchmark_script import load_benchmark, tiny_run_args
-
-ablation = load_benchmark("ablation")
+from find_ray.experiments import ablation
+from tests.experiment_args import tiny_run_args
 
 
 def test_expected_best_of_by_hand():

@@ -6,9 +6,8 @@ import shutil
 
 import pytest
 
-from tests.benchmark_script import load_benchmark, tiny_run_args
-
-alignment = load_benchmark("alignment")
+from find_ray.experiments import alignment
+from tests.experiment_args import tiny_run_args
 
 
 @pytest.mark.ray

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from find_ray.algo.amortized import AmortizedNoisePolicy
-from find_ray.algo.learner import Learner, LearnerConfig, PolicyConfig, per_prompt_mean
-from find_ray.algo.losses import FindLossConfig
-from find_ray.algo.policy import GaussianNoisePolicy, load_policy, policy_from_state
+from find_ray.algo.learner import Learner, per_prompt_mean
+from find_ray.algo.policy import PerPromptPolicy
+from find_ray.algo.policy_files import load_policy, policy_from_state
 from find_ray.algo.trust_region import parameters_of, trust_region_
-from find_ray.config import load_config
+from find_ray.config import FindLossConfig, LearnerConfig, PolicyConfig, load_config
 from find_ray.errors import ConfigError
 from tests.learner_inputs import prompt_names, scored_rollouts
 
@@ -66,8 +66,8 @@ def test_file_and_state_round_trip(tmp_path, shape):
         assert isinstance(copy, AmortizedNoisePolicy) and copy.bounds() == (0.5, 2.0)
         for got, want in zip(copy.mean_std_of(unseen), policy.mean_std_of(unseen), strict=True):
             assert torch.equal(got, want)
-    per_prompt = GaussianNoisePolicy(2, shape)
-    assert isinstance(policy_from_state(per_prompt.state_dict()), GaussianNoisePolicy)
+    per_prompt = PerPromptPolicy(2, shape)
+    assert isinstance(policy_from_state(per_prompt.state_dict()), PerPromptPolicy)
 
 
 def test_learn_sigma_false_keeps_sigma_one():
@@ -78,7 +78,7 @@ def test_learn_sigma_false_keeps_sigma_one():
 
 def test_per_prompt_copy_equals_the_policy_on_its_prompts():
     policy = perturbed(AmortizedNoisePolicy(torch.randn(3, 6), (2, 4, 4), (0.5, 2.0), 16, 2))
-    copy = GaussianNoisePolicy.copy_of(policy)
+    copy = PerPromptPolicy.copy_of(policy)
     ids = torch.arange(3)
     for ours, theirs in zip(copy.mean_std(ids), policy.mean_std(ids), strict=True):
         torch.testing.assert_close(ours, theirs.detach())
@@ -90,7 +90,7 @@ def test_projection_fits_the_network_to_per_prompt_targets():
     emb = torch.randn(4, 6)
     policy = AmortizedNoisePolicy(emb, (2, 4, 4), (0.5, 2.0), hidden=32, grid=4)
     other = AmortizedNoisePolicy(emb, (2, 4, 4), (0.5, 2.0), hidden=32, grid=4)
-    target = GaussianNoisePolicy.copy_of(perturbed(other, seed=1))
+    target = PerPromptPolicy.copy_of(perturbed(other, seed=1))
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-2, weight_decay=0.0)
     before = project_(policy, target, opt, steps=0)
     after = project_(policy, target, opt, steps=300)

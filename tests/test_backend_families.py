@@ -11,6 +11,7 @@ import logging
 import pytest
 import torch
 
+from find_ray.algo.policy_files import load_policy
 from find_ray.backends import PipelineBackend, check_model, denoiser_calls
 from find_ray.backends.pipeline import SDXLBackend, VideoBackend
 from find_ray.config import ModelConfig
@@ -247,7 +248,6 @@ def test_find_updates_through_ray_on_each_family(ray_local, tiny, tmp_path, fami
     the config's own reward (ImageReward, PickScore, CLIPScore, video CLIP) with tiny weights
     in their real formats: the final checkpoint, the run's policy and its metrics."""
     from find_ray import cli
-    from find_ray.algo.policy import GaussianNoisePolicy
     from find_ray.config import load_config
 
     run, config = tmp_path / "run", f"configs/{CONFIGS[family]}.yaml"
@@ -260,10 +260,10 @@ def test_find_updates_through_ray_on_each_family(ray_local, tiny, tmp_path, fami
     assert rc == 0, f"{err}\n{caplog.text}"
     checkpoint = run / "checkpoint"
     assert json.loads((checkpoint / "meta.json").read_text())["version"] == 2, err
-    policy = GaussianNoisePolicy.load(checkpoint / "policy.safetensors")
+    policy = load_policy(checkpoint / "policy.safetensors")
     assert tuple(policy.shape) == ((4, 2, 8, 8) if family == "t2v" else (4, 8, 8))
     assert all(torch.isfinite(p).all() for p in policy.parameters())
-    assert torch.equal(GaussianNoisePolicy.load(run / "policy.safetensors").mu, policy.mu)
+    assert torch.equal(load_policy(run / "policy.safetensors").mu, policy.mu)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["rollouts"]["stored"] == 2 * 2 * 4  # every rollout scored by `reward`
     assert load_config(run / "config.yaml").reward.name == reward

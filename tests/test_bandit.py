@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from find_ray.algo.learner import Learner, LearnerConfig
-from find_ray.algo.losses import FindLossConfig
-from find_ray.algo.policy import diagonal_gaussian_kl
+from find_ray.algo.gaussian import diagonal_gaussian_kl
+from find_ray.algo.learner import Learner
+from find_ray.config import FindLossConfig, LearnerConfig
 from tests.learner_inputs import prompt_names, scored_rollouts
 
 DIM = 16

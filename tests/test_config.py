@@ -16,7 +16,7 @@ BENCH_CONFIGS = [p for p in SHIPPED if "bench" in yaml.safe_load(p.read_text())]
 
 @pytest.mark.parametrize("path", BENCH_CONFIGS, ids=lambda p: p.name)
 def test_shipped_bench_configs_are_valid(path):
-    from find_ray.bench.methods import load_bench_config
+    from find_ray.bench import load_bench_config
 
     cfg = load_bench_config(path)
     assert cfg.bench.methods and cfg.bench.budgets == sorted(cfg.bench.budgets)

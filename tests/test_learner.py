@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-from find_ray.algo.learner import Learner, LearnerConfig
-from find_ray.algo.losses import FindLossConfig
+from find_ray.algo.learner import Learner
+from find_ray.algo.policy_files import load_policy
 from find_ray.algo.rollout import RolloutWorker, score_rollouts
 from find_ray.algo.store import Rollout
 from find_ray.backends import PipelineBackend, load_pipeline
-from find_ray.config import load_config
+from find_ray.config import FindLossConfig, LearnerConfig, load_config
 from tests.learner_inputs import prompt_names, scored_rollouts
 
 SHAPE = (2, 4, 4)
@@ -149,7 +149,6 @@ def test_rollout_noise_depends_only_on_seed_and_id(tiny_backend):
 
 
 def test_train_in_process_writes_policy_report_and_tensorboard(tiny_shapes_dir, tmp_path):
-    from find_ray.algo.policy import GaussianNoisePolicy
     from find_ray.runs.in_process import train_in_process
 
     cfg = load_config(
@@ -170,7 +169,7 @@ def test_train_in_process_writes_policy_report_and_tensorboard(tiny_shapes_dir, 
     assert len(result.history) == 2 and "reward_mean" in result.history[0]
     assert set(result.gains) == {"scores", "exact"}
     assert "| a red circle |" in text and "scores gain" in text and "exact gain" in text
-    policy = GaussianNoisePolicy.load(tmp_path / "policy.safetensors")
+    policy = load_policy(tmp_path / "policy.safetensors")
     assert policy.num_prompts == 2 and policy.shape == (3, 32, 32)
     assert policy.mu.abs().sum() > 0  # it was updated
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

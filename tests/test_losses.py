@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from find_ray.algo.gaussian import initial_log_prob
 from find_ray.algo.losses import (
     DRCM,
     MAX_LOG_RATIO,
@@ -16,7 +17,7 @@ from find_ray.algo.losses import (
     policy_loss,
     ratio,
 )
-from find_ray.algo.policy import GaussianNoisePolicy, initial_log_prob
+from find_ray.algo.policy import PerPromptPolicy
 
 RHO = torch.tensor([0.5, 1.0, 1.5, 0.5])
 ADV = torch.tensor([1.0, -2.0, 3.0, -1.0])
@@ -64,9 +65,9 @@ def test_ppo_gradient_clipped_outside_band():
     assert _grad(0.5, 1.0, "clamp") == 0.0
 
 
-def _policy(seed: int = 0) -> GaussianNoisePolicy:
+def _policy(seed: int = 0) -> PerPromptPolicy:
     g = torch.Generator().manual_seed(seed)
-    policy = GaussianNoisePolicy(num_prompts=2, shape=(3, 2, 2))
+    policy = PerPromptPolicy(num_prompts=2, shape=(3, 2, 2))
     with torch.no_grad():
         policy.mu.copy_(0.5 * torch.randn(policy.mu.shape, generator=g))
         policy.log_sigma.copy_(0.2 * torch.randn(policy.log_sigma.shape, generator=g))

@@ -5,9 +5,7 @@ import json
 
 import numpy as np
 
-from tests.benchmark_script import load_benchmark
-
-transfer = load_benchmark("noise_transfer")
+from find_ray.experiments import noise_transfer as transfer
 
 
 def test_lift_is_positive_when_good_noises_coincide_and_zero_when_independent():

@@ -4,21 +4,19 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from torch.distributions import Normal
 
-from find_ray.algo.policy import (
-    GaussianNoisePolicy,
-    diagonal_gaussian_kl,
-    gaussian_log_prob,
-    initial_log_prob,
-)
+from find_ray.algo.gaussian import diagonal_gaussian_kl, gaussian_log_prob, initial_log_prob
+from find_ray.algo.policy import PerPromptPolicy
+from find_ray.algo.policy_files import load_policy
 
 SHAPE = (2, 3, 3)
 
 
-def _policy_with_params(seed: int = 0) -> GaussianNoisePolicy:
+def _policy_with_params(seed: int = 0) -> PerPromptPolicy:
     g = torch.Generator().manual_seed(seed)
-    policy = GaussianNoisePolicy(num_prompts=3, shape=SHAPE)
+    policy = PerPromptPolicy(num_prompts=3, shape=SHAPE)
     with torch.no_grad():
         policy.mu.copy_(torch.randn(policy.mu.shape, generator=g))
         policy.log_sigma.copy_(0.3 * torch.randn(policy.log_sigma.shape, generator=g))
@@ -43,7 +41,7 @@ def test_bad_reduction_raises():
 
 
 def test_initial_policy_is_standard_normal():
-    policy = GaussianNoisePolicy(num_prompts=2, shape=SHAPE)
+    policy = PerPromptPolicy(num_prompts=2, shape=SHAPE)
     z = torch.randn(5, *SHAPE, generator=torch.Generator().manual_seed(2))
     ids = torch.tensor([0, 1, 1, 0, 1])
     expected = Normal(0.0, 1.0).log_prob(z).flatten(1).sum(1)
@@ -55,7 +53,7 @@ def test_initial_policy_is_standard_normal():
 
 
 def test_sigma_stays_positive():
-    policy = GaussianNoisePolicy(num_prompts=1, shape=(4,))
+    policy = PerPromptPolicy(num_prompts=1, shape=(4,))
     with torch.no_grad():
         policy.log_sigma.fill_(-1000.0)
     _, sigma = policy.mean_std(torch.tensor([0]))
@@ -64,7 +62,7 @@ def test_sigma_stays_positive():
 
 
 def test_kl_zero_at_init_and_closed_form():
-    policy = GaussianNoisePolicy(num_prompts=2, shape=(2,))
+    policy = PerPromptPolicy(num_prompts=2, shape=(2,))
     ids = torch.tensor([0, 1])
     assert torch.allclose(policy.kl_to_standard_normal(ids), torch.zeros(2))
     with torch.no_grad():
@@ -85,13 +83,33 @@ def test_save_load_roundtrip(tmp_path):
     policy = _policy_with_params(seed=3)
     path = tmp_path / "policy.safetensors"
     policy.save(path)
-    loaded = GaussianNoisePolicy.load(path)
+    loaded = load_policy(path)
     assert loaded.shape == SHAPE and loaded.num_prompts == 3
     assert torch.equal(loaded.mu, policy.mu) and torch.equal(loaded.log_sigma, policy.log_sigma)
 
 
+def test_per_prompt_files_of_the_earlier_kind_name_load(tmp_path):
+    """Per-prompt files written as kind "gaussian" (before the class was renamed) still load."""
+    policy = _policy_with_params(seed=4)
+    path = tmp_path / "policy.safetensors"
+    tensors = {k: v.contiguous() for k, v in policy.state_dict().items()}
+    save_file(tensors, str(path), metadata={"kind": "gaussian"})
+    loaded = load_policy(path)
+    assert isinstance(loaded, PerPromptPolicy) and torch.equal(loaded.mu, policy.mu)
+    save_file(tensors, str(path), metadata={"kind": "banana"})
+    with pytest.raises(ValueError, match="unknown policy kind 'banana'"):
+        load_policy(path)
+
+
+def test_reparameterise_is_mu_plus_sigma_eps():
+    policy = _policy_with_params(seed=5)
+    ids, eps = torch.tensor([2, 0]), torch.randn(2, *SHAPE)
+    mu, sigma = policy.mean_std(ids)
+    assert torch.equal(policy.reparameterise(ids, eps), mu + sigma * eps)
+
+
 def test_sampling_reproducible_with_right_moments():
-    policy = GaussianNoisePolicy(num_prompts=2, shape=(2,))
+    policy = PerPromptPolicy(num_prompts=2, shape=(2,))
     with torch.no_grad():
         policy.mu[1] = torch.tensor([3.0, -1.0])
         policy.log_sigma[1] = torch.tensor([math.log(0.5), math.log(2.0)])
@@ -116,7 +134,7 @@ def test_diagonal_gaussian_kl_matches_torch_distributions():
 
 
 def test_bounded_sigma_starts_at_one_and_never_leaves_its_range():
-    policy = GaussianNoisePolicy(3, (2, 2), sigma_range=(0.5, 2.0))
+    policy = PerPromptPolicy(3, (2, 2), sigma_range=(0.5, 2.0))
     ids = torch.arange(3)
     assert torch.equal(policy.mean_std(ids)[1], torch.ones(3, 2, 2))  # pi_0 exactly
     assert torch.allclose(policy.log_sigma_slope(), torch.ones(3, 2, 2))  # identity near 0
@@ -132,13 +150,11 @@ def test_bounded_sigma_starts_at_one_and_never_leaves_its_range():
 
 
 def test_bounds_travel_with_the_weights_and_old_files_load_unbounded(tmp_path):
-    bounded = GaussianNoisePolicy(2, (3,), sigma_range=(0.25, 4.0))
-    plain = GaussianNoisePolicy(2, (3,))
+    bounded = PerPromptPolicy(2, (3,), sigma_range=(0.25, 4.0))
+    plain = PerPromptPolicy(2, (3,))
     plain.load_state_dict(bounded.state_dict())  # what a rollout actor does with the weights
     assert plain.bounds() == (0.25, 4.0)
-    legacy = {
-        k: v for k, v in GaussianNoisePolicy(2, (3,)).state_dict().items() if k != "sigma_range"
-    }
-    old = GaussianNoisePolicy(2, (3,), sigma_range=(0.5, 2.0))
+    legacy = {k: v for k, v in PerPromptPolicy(2, (3,)).state_dict().items() if k != "sigma_range"}
+    old = PerPromptPolicy(2, (3,), sigma_range=(0.5, 2.0))
     old.load_state_dict(legacy)
     assert old.bounds()[1] == math.inf

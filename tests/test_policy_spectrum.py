@@ -3,10 +3,8 @@ white noise; the shared fraction is 1 for identical means; the script reads a po
 
 import torch
 
-from find_ray.algo.policy import GaussianNoisePolicy
-from tests.benchmark_script import load_benchmark
-
-spectrum = load_benchmark("policy_spectrum")
+from find_ray.algo.policy import PerPromptPolicy
+from find_ray.experiments import policy_spectrum as spectrum
 
 
 def test_coarse_fractions_of_constant_and_white_noise_means():
@@ -20,7 +18,7 @@ def test_coarse_fractions_of_constant_and_white_noise_means():
 
 
 def test_script_reads_a_policy_file(tmp_path):
-    policy = GaussianNoisePolicy(3, (3, 16, 16))
+    policy = PerPromptPolicy(3, (3, 16, 16))
     with torch.no_grad():
         policy.mu.normal_()
     path = tmp_path / "policy.safetensors"

@@ -18,13 +18,14 @@ import ray
 import torch
 
 from find_ray import cli
-from find_ray.algo.policy import GaussianNoisePolicy, load_policy
+from find_ray.algo.policy_files import load_policy
 from find_ray.config import load_config
 from find_ray.errors import FindRayError
 from find_ray.runs.in_process import train_in_process
 from find_ray.system import driver
 from find_ray.system.checkpoint import load_checkpoint
 from find_ray.system.driver import RayTrainer, resume_config
+from find_ray.system.flights import RolloutFlight
 
 pytestmark = pytest.mark.ray
 
@@ -55,7 +56,7 @@ def totals_add_up(run_dir) -> dict[str, int]:
 
 
 def finite_policy(run_dir) -> bool:
-    policy = GaussianNoisePolicy.load(run_dir / "policy.safetensors")
+    policy = load_policy(run_dir / "policy.safetensors")
     return all(torch.isfinite(p).all() for p in policy.parameters())
 
 
@@ -86,7 +87,7 @@ def test_sync_ray_run_learns_like_the_in_process_loop(ray_local, tiny_shapes_dir
     remote = RayTrainer(load_config(None, [*common, *sync])).run()
     a = load_policy(tmp_path / "local" / "policy.safetensors")
     b = load_policy(tmp_path / "ray" / "policy.safetensors")
-    assert a.kind == b.kind == {"per_prompt": "gaussian", "amortized": "amortized"}[kind]
+    assert a.kind == b.kind == kind
     ids = torch.arange(2)
     (mu_a, sigma_a), (mu_b, sigma_b) = a.mean_std(ids), b.mean_std(ids)
     assert mu_a.abs().max() > 1e-3  # it learned something
@@ -104,7 +105,7 @@ def test_killed_actors_and_nan_scores_keep_the_accounting(ray_local, tmp_path):
     killed: list[int] = []
 
     def kill_rollout_and_reward_actor(t: RayTrainer) -> None:
-        busy = {f.actor for f in t.pending.values() if f.kind == "rollout"}
+        busy = {f.actor for f in t.pending.values() if isinstance(f, RolloutFlight)}
         if killed or 0 not in busy:  # kill actor 0 while it holds rollouts in flight
             return
         for actor in (t.actors.rollout[0], t.actors.reward[0]):
@@ -134,7 +135,7 @@ def test_an_actor_dead_for_good_is_retired_and_the_run_finishes(ray_local, tmp_p
 
     trainer.after_update = kill_for_good([1])
     result = trainer.run()
-    health = trainer.health["rollout"]  # actor 1 fails (and is retired after 4 failures)
+    health = trainer.pools.health["rollout"]  # actor 1 fails (and is retired after 4 failures)
     assert 0 not in health.retired and (health.in_a_row[1] >= 1 or 1 in health.retired)
     totals = totals_add_up(result.run_dir)
     assert totals["dropped/actor_died"] > 0

@@ -20,14 +20,14 @@ import torch
 from PIL import Image
 
 from find_ray import cli
-from find_ray.algo.policy import GaussianNoisePolicy
+from find_ray.algo.noise import normals_by_index
+from find_ray.algo.policy_files import load_policy
 from find_ray.config import load_config
 from find_ray.errors import FindRayError, ModelPathError
 from find_ray.runs.folder import load_run_policy, newest_policy_version
 from find_ray.runs.in_process import train_in_process
-from find_ray.serve.generator import AlignedGenerator, image_noise
+from find_ray.serve.generator import AlignedGenerator
 from find_ray.serve.schema import MAX_BODY_BYTES, RequestError, ServeArgs, parse_generate
-from tests.benchmark_script import load_benchmark
 
 TRAINED = ["p one", "p two"]
 RUN = [
@@ -130,7 +130,7 @@ def test_trained_and_base_images_share_their_noise(run_dir):
     untrained = info.job("something new", 4, 7)
     assert (trained.policy, base.policy, untrained.policy) == ("trained", "base", "base")
     assert trained.calls_per_image == info.steps * 2  # CFG 1.5 doubles each step
-    eps = image_noise(gen.backend.latent_shape, range(7, 11))
+    eps = normals_by_index(gen.backend.latent_shape, range(7, 11))
     mu, sigma = gen.run.policy.mean_std(torch.tensor([0]))
     torch.testing.assert_close(gen.noise(base, gen.run), eps)
     torch.testing.assert_close(gen.noise(trained, gen.run), mu + sigma * eps)
@@ -150,7 +150,7 @@ def test_an_amortized_run_serves_prompts_it_never_trained(tmp_path):
     assert info.amortized and info.prompts == TRAINED
     job = info.job("something new", 3, 7)
     assert job.policy == "trained"  # an amortized policy covers any prompt
-    eps = image_noise(gen.backend.latent_shape, range(7, 10))
+    eps = normals_by_index(gen.backend.latent_shape, range(7, 10))
     with torch.no_grad():
         mu, sigma = gen.run.policy.mean_std_of(gen.backend.encode_prompts(["something new"]))
     assert mu.abs().max() > 0  # it moved from N(0, I), also for this prompt
@@ -177,7 +177,7 @@ def test_reload_takes_a_newer_policy_only(run_dir, tmp_path):
         (folder / name).write_bytes((run_dir / name).read_bytes())
     gen = AlignedGenerator(str(folder))
     assert not gen.reload() and gen.version == 10
-    newer = GaussianNoisePolicy.load(folder / "policy.safetensors")
+    newer = load_policy(folder / "policy.safetensors")
     (folder / "checkpoint").mkdir()
     newer.save(folder / "checkpoint" / "policy.safetensors", 12, TRAINED)
     assert newest_policy_version(folder) == 12
@@ -297,7 +297,7 @@ def test_a_reload_mid_stream_changes_the_version_and_loses_no_request(served, ru
     try:
         while len(seen) < 3:
             time.sleep(0.05)
-        policy = GaussianNoisePolicy.load(run_dir / "policy.safetensors")
+        policy = load_policy(run_dir / "policy.safetensors")
         (run_dir / "checkpoint").mkdir(exist_ok=True)
         policy.save(run_dir / "checkpoint" / "policy.safetensors", 11, TRAINED)
         follow(args, poll_s=0.2, until=time.monotonic() + 1.0)  # sees version 11, redeploys
@@ -367,7 +367,8 @@ def test_rayservice_reads_the_run_from_a_mounted_volume():
 @pytest.mark.ray
 def test_the_page_in_headless_chromium(served, tmp_path):
     """Type a prompt, click Generate, see trained and base images with their labels."""
-    page = load_benchmark("serve_page")
+    from find_ray.experiments import serve_page as page
+
     if page.chromium_path() is None:
         pytest.skip("chromium is not installed (make test installs it with apt-get when root)")
     client, _ = served

@@ -4,9 +4,8 @@ learner's statistics read back from TensorBoard, the table and the plot."""
 import json
 
 from find_ray.config import load_config
-from tests.benchmark_script import load_benchmark, tiny_run_args
-
-sweep = load_benchmark("sweep")
+from find_ray.experiments import sweep
+from tests.experiment_args import tiny_run_args
 
 
 def test_sweep_cells_apply_their_factor_and_method(tiny_shapes_dir, tmp_path):

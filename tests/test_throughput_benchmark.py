@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.benchmark_script import load_benchmark
+from find_ray.experiments import throughput
 from tests.tiny_pipelines import save_tiny
 
 
@@ -14,7 +14,7 @@ from tests.tiny_pipelines import save_tiny
 def test_throughput_benchmark_measures_pipeline_actor_and_train_loop(ray_local, tmp_path):
     folder = save_tiny("sd", tmp_path)
     out = tmp_path / "results"
-    load_benchmark("throughput").main(
+    throughput.main(
         [
             "--batch=2",
             "--calls=2",

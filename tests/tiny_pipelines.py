@@ -6,7 +6,6 @@ CLIP tokenizer written to disk (nothing is downloaded).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -30,24 +29,10 @@ from transformers import (
     CLIPTokenizer,
 )
 
+from find_ray.backends.offline_tokenizer import char_tokenizer
+
 TEXT_DIM = 16  # hidden size of each tiny text encoder
 BLOCKS = (8, 16)  # unet / vae channels; the VAE downsamples 2x (latent 8x8 -> image 16x16)
-
-
-def _byte_chars() -> list[str]:
-    """GPT-2/CLIP's printable stand-ins for the 256 byte values."""
-    keep = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    extra = [b for b in range(256) if b not in keep]
-    return [chr(b) for b in keep] + [chr(256 + i) for i in range(len(extra))]
-
-
-def char_tokenizer(folder: Path) -> CLIPTokenizer:
-    chars = _byte_chars()
-    vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer.from_pretrained(folder, model_max_length=32)
 
 
 def _text_config(tokenizer: CLIPTokenizer) -> CLIPTextConfig:

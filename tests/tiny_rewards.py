@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 from transformers import BlipVisionConfig, CLIPConfig, CLIPModel
 
+from find_ray.backends.offline_tokenizer import char_tokenizer
 from find_ray.rewards import imagereward_blip as blip
 from find_ray.rewards.imagereward import load_tokenizer
 from tests.tiny_clip import TINY_ARCH, save_tiny_clip
-from tests.tiny_pipelines import char_tokenizer
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 VOCAB = [*SPECIAL, "a", "cat", "dog", "red", "blue", "on", "the", "##s", "sofa", "two"]

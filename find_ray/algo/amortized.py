@@ -16,7 +16,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from find_ray.algo.policy import SIGMA_MIN, NoisePolicy, bounded_log_sigma
+from find_ray.algo.gaussian import SIGMA_MIN, bounded_log_sigma
+from find_ray.algo.policy import NoisePolicy
 
 
 def low_resolution(size: int, grid: int) -> int:

@@ -3,33 +3,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from find_ray.algo.policy import NoisePolicy, Reduction, initial_log_prob
-
-SurrogateForm = Literal["ppo", "clamp"]
-RatioReference = Literal["behaviour", "initial"]
-
-
-@dataclass
-class FindLossConfig:
-    """Hyper-parameters of the FIND update (defaults: DESIGN.md section 2 / FIND code)."""
-
-    eps: float = 0.2  # ratio clip range
-    reg_weight: float = 0.01  # lambda of mean(mu^2 + (sigma - 1)^2)
-    surrogate: SurrogateForm = "ppo"  # "ppo": min(rho*A, clip*A); "clamp": FIND's clip(rho)*A
-    ratio_reference: RatioReference = "behaviour"  # behaviour policy or pi_0 = N(0, I)
-    logp_reduction: Reduction = "mean"  # per-element mean of the log-density (FIND code)
-    policy_lr: float = 1e-3
-    drcm_lr: float = 1e-4
-    drcm_hidden: int = 256
-    normalise_advantages: bool = False  # standardise A per minibatch
-
+from find_ray.algo.gaussian import initial_log_prob
+from find_ray.algo.policy import NoisePolicy
+from find_ray.config import FindLossConfig, SurrogateForm
 
 MAX_LOG_RATIO = 20.0
 

@@ -12,22 +12,15 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from find_ray.algo.policy import GaussianNoisePolicy, Reduction, policy_from_state
+from find_ray.algo.noise import normals_by_index, seeded_generator
+from find_ray.algo.policy import PerPromptPolicy
+from find_ray.algo.policy_files import policy_from_state
 from find_ray.algo.store import Rollout
 from find_ray.backends import Backend
+from find_ray.config import Reduction
 from find_ray.rewards import RewardFn
 
 log = logging.getLogger(__name__)
-
-
-def rollout_noise(shape: tuple[int, ...], rollout_ids: list[int], seed: int) -> Tensor:
-    """Standard-normal eps (B, *shape), a pure function of (seed, rollout id)."""
-    return torch.stack(
-        [
-            torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + rid))
-            for rid in rollout_ids
-        ]
-    )
 
 
 def iteration_prompt_ids(
@@ -45,7 +38,7 @@ def iteration_prompt_ids(
     """
     chosen = range(num_prompts)
     if 0 < prompts_per_iteration < num_prompts:
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + iteration)
+        generator = seeded_generator(seed, iteration)
         picked = torch.randperm(num_prompts, generator=generator)[:prompts_per_iteration]
         chosen = sorted(picked.tolist())
     return [p for p in chosen for _ in range(samples_per_prompt)]
@@ -64,7 +57,7 @@ class RolloutWorker:
     ) -> None:
         self.backend, self.prompts, self.batch_size = backend, prompts, batch_size
         self.logp_reduction = logp_reduction
-        self.policy = GaussianNoisePolicy(len(prompts), backend.latent_shape)
+        self.policy = PerPromptPolicy(len(prompts), backend.latent_shape)
         self.version = 0
         self.seed = seed
 
@@ -82,8 +75,8 @@ class RolloutWorker:
         it, in whatever batch, so a Ray run and the in-process loop see the same noise.
         """
         ids = torch.tensor(prompt_ids)
-        mu, sigma = self.policy.mean_std(ids)
-        z = mu + sigma * rollout_noise(self.policy.shape, rollout_ids, self.seed)
+        eps = normals_by_index(self.policy.shape, rollout_ids, self.seed)
+        z = self.policy.reparameterise(ids, eps)
         logp = self.policy.log_prob(z, ids, self.logp_reduction)
         images = torch.cat(
             [

@@ -15,7 +15,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from find_ray.algo.policy import NoisePolicy, diagonal_gaussian_kl
+from find_ray.algo.gaussian import diagonal_gaussian_kl
+from find_ray.algo.policy import NoisePolicy
 
 BISECTION_STEPS = 30
 

@@ -241,69 +241,74 @@ class DDPOTrainer(LoraTrainer):
 
     def epoch(self) -> dict[str, float]:
         """One DDPO epoch (sampling, advantages, PPO updates); returns its mean statistics."""
-        cfg, chain = self.config, self.chain
         with self.counter.phase("train"):
-            # sampling
             self.unet.eval()
-            rollouts, conds, prompts, rewards = [], [], [], []
-            for _ in range(cfg.sample_batches):
-                batch_prompts = self.draw_prompts(cfg.sample_batch_size)
-                c = chain.conditions(batch_prompts)
-                rollout = sample_with_log_probs(
-                    chain, c, self.noise(len(batch_prompts)), self.generator
-                )
-                with torch.no_grad():
-                    r = self.reward_fn(rollout.images, batch_prompts)
-                rewards.append(torch.as_tensor(r, dtype=torch.float32).flatten().cpu())
-                rollouts.append(rollout)
-                conds.append(c)
-                prompts += batch_prompts
-            reward = torch.cat(rewards)
-            device = self.unet.device
-            advantages = self._advantages(prompts, reward).to(device)
-            latents = torch.cat([r.latents for r in rollouts], dim=1)  # (T+1, N, ...)
-            log_probs = torch.cat([r.log_probs for r in rollouts])  # (N, T)
-            cond = _cat(conds)
-            timesteps = chain.timesteps
-            n = len(prompts)
-
-            # training
+            sampled, prompts, reward = self._sample()
+            advantages = self._advantages(prompts, reward).to(self.unet.device)
             self.unet.train()
-            info: dict[str, list[float]] = {"loss": [], "approx_kl": [], "clipfrac": []}
-            accumulate = self.train_timesteps * cfg.gradient_accumulation_steps
-            for _ in range(cfg.inner_epochs):
-                order = torch.randperm(n, generator=self.generator)
-                batches = order.split(cfg.train_batch_size)
-                for b, idx in enumerate(batches):
-                    # one timestep order per train batch (ddpo-pytorch: per sample)
-                    times = torch.randperm(len(self.steps), generator=self.generator)
-                    idx = idx.to(device)
-                    c = _select(cond, idx)
-                    for j in [self.steps[k] for k in times[: self.train_timesteps].tolist()]:
-                        loss, step_info = ppo_loss(
-                            chain,
-                            c,
-                            latents[j, idx],
-                            timesteps[j],
-                            latents[j + 1, idx],
-                            log_probs[idx, j],
-                            advantages[idx],
-                            cfg.clip_range,
-                            cfg.adv_clip_max,
-                        )
-                        (loss / accumulate).backward()
-                        info["loss"].append(loss.item())
-                        for key in ("approx_kl", "clipfrac"):
-                            info[key].append(step_info[key])
-                    if (b + 1) % cfg.gradient_accumulation_steps == 0:
-                        torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                        self.optimizer.step()
-                        self.optimizer.zero_grad()
-                        self.optimizer_steps += 1
+            info = self._train_on(*sampled, advantages)
             self.unet.eval()
         out = {k: sum(v) / len(v) for k, v in info.items()}
         out.update(reward_mean=reward.mean().item(), reward_std=reward.std(unbiased=False).item())
         return out
+
+    def _sample(self) -> tuple[tuple, list[str], torch.Tensor]:
+        """`sample_batches` batches of the chain: ((latents (T+1, N, ...), log-probs (N, T),
+        conditions), their prompts, their rewards (N,))."""
+        cfg, chain = self.config, self.chain
+        rollouts, conds, prompts, rewards = [], [], [], []
+        for _ in range(cfg.sample_batches):
+            batch_prompts = self.draw_prompts(cfg.sample_batch_size)
+            c = chain.conditions(batch_prompts)
+            rollout = sample_with_log_probs(
+                chain, c, self.noise(len(batch_prompts)), self.generator
+            )
+            with torch.no_grad():
+                r = self.reward_fn(rollout.images, batch_prompts)
+            rewards.append(torch.as_tensor(r, dtype=torch.float32).flatten().cpu())
+            rollouts.append(rollout)
+            conds.append(c)
+            prompts += batch_prompts
+        latents = torch.cat([r.latents for r in rollouts], dim=1)
+        log_probs = torch.cat([r.log_probs for r in rollouts])
+        return (latents, log_probs, _cat(conds)), prompts, torch.cat(rewards)
+
+    def _train_on(
+        self, latents: torch.Tensor, log_probs: torch.Tensor, cond, advantages: torch.Tensor
+    ) -> dict[str, list[float]]:
+        """`inner_epochs` of PPO steps on `train_timesteps` random steps per train batch."""
+        cfg, chain, device = self.config, self.chain, self.unet.device
+        info: dict[str, list[float]] = {"loss": [], "approx_kl": [], "clipfrac": []}
+        accumulate = self.train_timesteps * cfg.gradient_accumulation_steps
+        for _ in range(cfg.inner_epochs):
+            order = torch.randperm(log_probs.shape[0], generator=self.generator)
+            for b, idx in enumerate(order.split(cfg.train_batch_size)):
+                # one timestep order per train batch (ddpo-pytorch: per sample)
+                times = torch.randperm(len(self.steps), generator=self.generator)
+                idx = idx.to(device)
+                c = _select(cond, idx)
+                for j in [self.steps[k] for k in times[: self.train_timesteps].tolist()]:
+                    loss, step_info = ppo_loss(
+                        chain,
+                        c,
+                        latents[j, idx],
+                        chain.timesteps[j],
+                        latents[j + 1, idx],
+                        log_probs[idx, j],
+                        advantages[idx],
+                        cfg.clip_range,
+                        cfg.adv_clip_max,
+                    )
+                    (loss / accumulate).backward()
+                    info["loss"].append(loss.item())
+                    for key in ("approx_kl", "clipfrac"):
+                        info[key].append(step_info[key])
+                if (b + 1) % cfg.gradient_accumulation_steps == 0:
+                    torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad()
+                    self.optimizer_steps += 1
+        return info
 
     def generate(
         self, prompts: list[str], z_T: torch.Tensor | None = None, eta: float | None = None

@@ -168,6 +168,36 @@ def _render(chain: DenoisingChain, noise: torch.Tensor, c: Conditions, dtype: to
     return chain.decode(trajectory.final)
 
 
+def _noise_set(
+    chain: DenoisingChain,
+    z_T: torch.Tensor,
+    batch: int,
+    noises: list[torch.Tensor] | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """The fp32 leaf DNO optimises: z_T and the step noises (drawn from `generator` when not
+    given), (B, T + 1, *latent), index 0 is z_T."""
+    if not chain.eta > 0:
+        raise ValueError(
+            f"DNO optimises the step noises of a stochastic chain: needs eta > 0, got {chain.eta}"
+        )
+    if z_T.shape[0] != batch:
+        raise ValueError(f"z_T holds {z_T.shape[0]} latents for {batch} prompts")
+    steps = len(chain.timesteps)
+    if noises is None:
+        noises = [_randn(tuple(z_T.shape), z_T, generator) for _ in range(steps)]
+    if len(noises) != steps:
+        raise ValueError(f"{len(noises)} step noises for a chain of {steps} steps")
+    return torch.stack([z_T, *noises], 1).detach().float().requires_grad_(True)
+
+
+@torch.no_grad()
+def _clip_per_prompt_(grad: torch.Tensor, max_norm: float) -> None:
+    """Scales each prompt's gradient (rows of dim 0) to norm <= max_norm, in place."""
+    norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
+    grad.mul_((max_norm / norms).clamp(max=1.0).view(-1, *[1] * (grad.dim() - 1)))
+
+
 def optimise_noise(
     chain: DenoisingChain,
     prompts: list[str],
@@ -209,21 +239,8 @@ def optimise_noise(
     Cost per iteration: B T NFE forward (x2 under guidance) plus the same again recomputed in
     the backward pass, plus B T `samples` NFE without gradient when gradient=False.
     """
-    if not chain.eta > 0:
-        raise ValueError(
-            f"DNO optimises the step noises of a stochastic chain: needs eta > 0, got {chain.eta}"
-        )
-    if z_T.shape[0] != len(prompts):
-        raise ValueError(f"z_T holds {z_T.shape[0]} latents for {len(prompts)} prompts")
-    steps = len(chain.timesteps)
-    if noises is None:
-        noises = [_randn(tuple(z_T.shape), z_T, generator) for _ in range(steps)]
-    if len(noises) != steps:
-        raise ValueError(f"{len(noises)} step noises for a chain of {steps} steps")
-    c = chain.conditions(prompts)
-    dtype = z_T.dtype
-    # fp32 master copy of every noise: (B, T + 1, *latent), index 0 is z_T
-    noise = torch.stack([z_T, *noises], 1).detach().float().requires_grad_(True)
+    noise = _noise_set(chain, z_T, len(prompts), noises, generator)
+    c, dtype = chain.conditions(prompts), z_T.dtype
     optimiser = torch.optim.AdamW([noise], lr=lr, weight_decay=weight_decay)
 
     def render(x: torch.Tensor) -> torch.Tensor:
@@ -232,39 +249,34 @@ def optimise_noise(
     def reward(images: torch.Tensor) -> torch.Tensor:
         return reward_fn(images, prompts).float()
 
+    def objective(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(what to maximise, the rewards): the reward itself, or with gradient=False the
+        images' product with the normalised zeroth-order estimate of its gradient."""
+        if gradient:
+            rewards = reward(images)
+            return rewards.sum(), rewards
+        with torch.no_grad():
+            rewards = reward(images.detach())
+        base = (images.detach(), rewards)
+        direction = zeroth_order_gradient(
+            reward, noise.detach(), mu, samples, generator, through=render, base=base
+        )
+        norms = direction.flatten(1).norm(dim=1).view(-1, *[1] * (direction.dim() - 1))
+        return (direction / (norms + 1e-3) * images).sum(), rewards
+
     history, taken = [], {}
     bar = tqdm(range(iterations), desc="dno", disable=not progress)
     with _frozen(chain.unet, chain.vae):
         for i in bar:
             optimiser.zero_grad()
-            images = render(noise)
-            if gradient:
-                rewards = reward(images)
-                objective = rewards.sum()
-            else:
-                with torch.no_grad():
-                    rewards = reward(images.detach())
-                direction = zeroth_order_gradient(
-                    reward,
-                    noise.detach(),
-                    mu,
-                    samples,
-                    generator,
-                    through=render,
-                    base=(images.detach(), rewards),
-                )
-                norms = direction.flatten(1).norm(dim=1).view(-1, *[1] * (direction.dim() - 1))
-                objective = (direction / (norms + 1e-3) * images).sum()
-            loss = -objective
+            gain, rewards = objective(render(noise))
+            loss = -gain
             if gamma > 0:
                 loss = loss + gamma * sum(
                     probability_regulariser(x, subsample, generator, shuffles) for x in noise
                 )
             loss.backward()
-            with torch.no_grad():  # clip each prompt's gradient on its own
-                norms = noise.grad.flatten(1).norm(dim=1).clamp_min(1e-12)
-                scale = (max_grad_norm / norms).clamp(max=1.0)
-                noise.grad.mul_(scale.view(-1, *[1] * (noise.dim() - 1)))
+            _clip_per_prompt_(noise.grad, max_grad_norm)
             optimiser.step()
             history.append(rewards.detach())
             if i + 1 in snapshots and i + 1 < iterations:  # the last one is final_images

@@ -6,30 +6,23 @@ on the same seeds see the same base noise (paired comparison).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from find_ray.algo.noise import seeded_normal
 from find_ray.algo.policy import NoisePolicy
 from find_ray.backends import Backend
 from find_ray.config import EvalConfig
-from find_ray.images import image_grid, stack, to_uint8
+from find_ray.images import to_uint8
 from find_ray.rewards import RewardFn
 
 # Maps (prompt index, standard-normal eps (k, *shape)) to z_T; the identity is the base policy.
 NoiseTransform = Callable[[int, torch.Tensor], torch.Tensor]
-
-
-def eval_noise(shape: tuple[int, ...], prompt_index: int, k: int, seed: int) -> torch.Tensor:
-    """k standard-normal draws for one prompt; the first j draws do not depend on k."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + prompt_index)
-    return torch.randn((k, *shape), generator=generator)
 
 
 @dataclass
@@ -73,7 +66,7 @@ def sample_eval_batch(
     """Images of batch `n` of the plan, from its fixed eval noise (optionally transformed)."""
     noise = {}
     for i in sorted({i for i, _ in batch}):
-        eps = eval_noise(backend.latent_shape, i, k, seed)
+        eps = seeded_normal((k, *backend.latent_shape), seed, i)
         noise[i] = transform(i, eps) if transform is not None else eps
     z = torch.stack([noise[i][j] for i, j in batch])
     return backend.generate(z, [prompts[i] for i, _ in batch], seed=seed + n * batch_size)
@@ -112,11 +105,6 @@ def grid_rows(batch: list[EvalJob], grid_samples: int) -> list[int]:
 def info_value(info: dict, key: str, n: int) -> float:
     """Row n of a reward's extra metric, NaN when the reward has none (e.g. no "exact")."""
     return float(info[key][n]) if key in info else math.nan
-
-
-def fmt(value: float, spec: str = ".3f") -> str:
-    """A table cell: the number, or "n/a" for a metric the reward does not give."""
-    return "n/a" if math.isnan(value) else format(value, spec)
 
 
 class EvalCollector:
@@ -213,10 +201,9 @@ def evaluate(
 def policy_transform(policy: NoisePolicy) -> NoiseTransform:
     """Maps eval noise eps to z = mu_c + sigma_c * eps (reparameterised: paired with the base)."""
 
+    @torch.no_grad()
     def transform(prompt_index: int, eps: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            mu, sigma = policy.mean_std(torch.tensor([prompt_index]))
-        return mu + sigma * eps
+        return policy.reparameterise(torch.tensor([prompt_index]), eps)
 
     return transform
 
@@ -232,77 +219,3 @@ def evaluate_policy(
     transform = policy_transform(policy) if policy is not None else None
     run = (cfg.samples_per_prompt, cfg.seed, cfg.batch_size, cfg.grid_samples)
     return evaluate(backend, reward, prompts, *run, transform=transform)
-
-
-def summarise(results: list[PromptResult]) -> dict[str, float]:
-    """Suite means of the per-prompt metrics."""
-    rows = [r.metrics() for r in results]
-    return {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}
-
-
-def markdown_table(results: list[PromptResult]) -> str:
-    k = len(results[0].scores)
-    lines = [
-        f"| prompt | mean score | exact | colours present | best-of-{k} exact |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for r in results:
-        m = r.metrics()
-        lines.append(
-            f"| {r.prompt} | {fmt(m['mean_score'])} | {fmt(m['exact'])} | "
-            f"{fmt(m['colours_present'])} | {fmt(m['best_of_k_exact'], '.0f')} |"
-        )
-    s = summarise(results)
-    lines.append(
-        f"| **mean** | **{fmt(s['mean_score'])}** | **{fmt(s['exact'])}** | "
-        f"**{fmt(s['colours_present'])}** | **{fmt(s['best_of_k_exact'])}** |"
-    )
-    return "\n".join(lines)
-
-
-def score_labels(scores: list[float], exact: list[float]) -> list[str]:
-    """Image captions for grids: the score, and "ok" on exact matches."""
-    return [f"{s:.2f}" + (" ok" if e > 0.5 else "") for s, e in zip(scores, exact, strict=True)]
-
-
-def suite_grid(results: list[PromptResult]):
-    """One labelled row of samples per prompt, each image captioned with its score."""
-    return stack(
-        [
-            image_grid(r.images, score_labels(r.scores.tolist(), r.exact.tolist()), title=r.prompt)
-            for r in results
-        ]
-    )
-
-
-def write_report(
-    results: list[PromptResult], out_dir: str | Path, title: str, settings: dict
-) -> Path:
-    """Writes report.md, metrics.json and grid.png to out_dir; returns the markdown path."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    suite_grid(results).save(out / "grid.png")
-    summary = summarise(results)
-    (out / "metrics.json").write_text(
-        json.dumps(
-            {
-                "settings": settings,
-                "summary": summary,
-                "prompts": {r.prompt: r.metrics() for r in results},
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    lines = [
-        f"# {title}",
-        "",
-        "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()),
-        "",
-        markdown_table(results),
-        "",
-        "![samples](grid.png)",
-        "",
-    ]
-    (out / "report.md").write_text("\n".join(lines))
-    return out / "report.md"

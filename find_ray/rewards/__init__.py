@@ -13,40 +13,18 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
 
 import torch
 
 from find_ray.config import RewardConfig
 from find_ray.errors import ConfigError
-
-RewardFn = Callable[[torch.Tensor, list[str]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-DifferentiableRewardFn = Callable[[torch.Tensor, list[str]], torch.Tensor]
-REWARDS: dict[str, Callable[[RewardConfig], RewardFn]] = {}
-DIFFERENTIABLE: dict[str, Callable[[RewardConfig], DifferentiableRewardFn]] = {}
-CHECKS: dict[str, Callable[[RewardConfig], None]] = {}
-
-
-def register(name: str, check: Callable[[RewardConfig], None] | None = None):
-    """Registers a reward factory under `name`; `check(cfg)` validates its weights cheaply."""
-
-    def wrap(factory: Callable[[RewardConfig], RewardFn]):
-        REWARDS[name] = factory
-        if check is not None:
-            CHECKS[name] = check
-        return factory
-
-    return wrap
-
-
-def register_differentiable(name: str):
-    """Registers the differentiable form of reward `name`."""
-
-    def wrap(factory: Callable[[RewardConfig], DifferentiableRewardFn]):
-        DIFFERENTIABLE[name] = factory
-        return factory
-
-    return wrap
+from find_ray.rewards.registry import (
+    CHECKS,
+    DIFFERENTIABLE,
+    REWARDS,
+    DifferentiableRewardFn,
+    RewardFn,
+)
 
 
 def _known(cfg: RewardConfig) -> None:

@@ -22,9 +22,14 @@ from torch import nn
 
 from find_ray.config import RewardConfig
 from find_ray.errors import ModelPathError
-from find_ray.rewards import DifferentiableRewardFn, RewardFn, register, register_differentiable
 from find_ray.rewards.batching import Core, as_differentiable, as_reward
 from find_ray.rewards.open_clip_model import OpenClip, check_architecture, check_tag, load_for
+from find_ray.rewards.registry import (
+    DifferentiableRewardFn,
+    RewardFn,
+    register,
+    register_differentiable,
+)
 from find_ray.rewards.weights import offline, resolve_weights
 
 ARCH, TAG = "ViT-L-14", "openai"

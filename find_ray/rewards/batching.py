@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from find_ray.rewards import DifferentiableRewardFn, RewardFn
+from find_ray.rewards.registry import DifferentiableRewardFn, RewardFn
 
 Core = Callable[[torch.Tensor, list[str]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 

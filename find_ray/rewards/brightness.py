@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from find_ray.config import RewardConfig
-from find_ray.rewards import RewardFn, register
+from find_ray.rewards.registry import RewardFn, register
 
 BRIGHT = 0.6  # an image counts as an "exact" match above this mean brightness
 

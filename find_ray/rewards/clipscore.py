@@ -12,9 +12,14 @@ from __future__ import annotations
 import torch
 
 from find_ray.config import RewardConfig
-from find_ray.rewards import DifferentiableRewardFn, RewardFn, register, register_differentiable
 from find_ray.rewards.batching import Core, as_differentiable, as_reward
 from find_ray.rewards.open_clip_model import OpenClip, check_tag, clip_weights, load_for
+from find_ray.rewards.registry import (
+    DifferentiableRewardFn,
+    RewardFn,
+    register,
+    register_differentiable,
+)
 
 ARCH = "ViT-L-14"
 TAG = "openai"

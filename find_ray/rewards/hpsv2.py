@@ -18,9 +18,14 @@ import torch
 import torch.nn.functional as F
 
 from find_ray.config import RewardConfig
-from find_ray.rewards import DifferentiableRewardFn, RewardFn, register, register_differentiable
 from find_ray.rewards.batching import Core, as_differentiable, as_reward
 from find_ray.rewards.open_clip_model import OpenClip, clip_weights, load_for
+from find_ray.rewards.registry import (
+    DifferentiableRewardFn,
+    RewardFn,
+    register,
+    register_differentiable,
+)
 
 ARCH = "ViT-H-14"
 REPO, FILE = "xswu/HPSv2", "HPS_v2.1_compressed.pt"

@@ -29,9 +29,14 @@ import torch
 
 from find_ray.config import RewardConfig
 from find_ray.errors import ModelPathError
-from find_ray.rewards import DifferentiableRewardFn, RewardFn, register, register_differentiable
 from find_ray.rewards.batching import as_differentiable, as_reward
 from find_ray.rewards.clip_pixels import clip_pixels
+from find_ray.rewards.registry import (
+    DifferentiableRewardFn,
+    RewardFn,
+    register,
+    register_differentiable,
+)
 from find_ray.rewards.weights import offline, resolve_weights
 
 REPO = "THUDM/ImageReward"
@@ -87,7 +92,7 @@ def check_imagereward(cfg: RewardConfig) -> None:
 
 def load_model(checkpoint: Path, med: Path | None):
     """ImageRewardModel from ImageReward.pt (original key names) and med_config.json."""
-    from find_ray.rewards import imagereward_blip as blip
+    import find_ray.rewards.imagereward_blip as blip
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     try:

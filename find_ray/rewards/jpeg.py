@@ -14,7 +14,7 @@ from PIL import Image
 
 from find_ray.config import RewardConfig
 from find_ray.images import to_uint8
-from find_ray.rewards import RewardFn, register
+from find_ray.rewards.registry import RewardFn, register
 
 QUALITY = 95
 

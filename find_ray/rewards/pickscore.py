@@ -23,8 +23,8 @@ import torch
 
 from find_ray.config import RewardConfig
 from find_ray.errors import ModelPathError
-from find_ray.rewards import RewardFn, register, register_differentiable
 from find_ray.rewards.clip_pixels import clip_pixels
+from find_ray.rewards.registry import RewardFn, register, register_differentiable
 from find_ray.rewards.weights import offline, resolve_weights
 
 MODEL = "yuvalkirstain/PickScore_v1"

@@ -6,7 +6,7 @@ import torch
 
 from find_ray.config import RewardConfig
 from find_ray.images import to_uint8
-from find_ray.rewards import RewardFn, register
+from find_ray.rewards.registry import RewardFn, register
 from find_ray.shapes.captions import parse_caption
 from find_ray.shapes.detector import detect
 from find_ray.shapes.reward import match_score

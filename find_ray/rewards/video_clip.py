@@ -14,10 +14,15 @@ from __future__ import annotations
 import torch
 
 from find_ray.config import RewardConfig
-from find_ray.rewards import DifferentiableRewardFn, RewardFn, register, register_differentiable
 from find_ray.rewards.batching import Core, as_differentiable, as_reward
 from find_ray.rewards.clipscore import clip_model_weights
 from find_ray.rewards.open_clip_model import OpenClip, load_for
+from find_ray.rewards.registry import (
+    DifferentiableRewardFn,
+    RewardFn,
+    register,
+    register_differentiable,
+)
 
 
 def check_video_clip(cfg: RewardConfig) -> None:

@@ -1,6 +1,8 @@
-"""A run folder that `find-ray train` wrote: its config and its newest noise policy.
+"""A run folder: what `find-ray train` writes (both paths) and what reads it back.
 
-A finished run holds `policy.safetensors`; a run still training holds its latest policy in
+Written: config.yaml at the start; at the end policy.safetensors, report.md, metrics.json,
+before_after.png and per-prompt before/after grids in TensorBoard. Read: a finished run holds
+`policy.safetensors`; a run still training holds its latest policy in
 `checkpoint/policy.safetensors` (swapped in by renames, so `checkpoint.old/` may hold it for a
 moment). The newest of these by learner version is the run's policy.
 """
@@ -12,15 +14,59 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from find_ray.algo.amortized import AmortizedNoisePolicy
+from find_ray.algo.policy import NoisePolicy
+from find_ray.algo.policy_files import load_policy, read_policy_metadata
 from find_ray.config import FindRayConfig, load_config, to_yaml
 from find_ray.errors import FindRayError, ModelPathError
-from find_ray.algo.policy import NoisePolicy, load_policy, read_policy_metadata
+from find_ray.eval.evaluate import PromptResult
+from find_ray.eval.report import Gains, suite_grid, write_find_report
+from find_ray.images import stack
+from find_ray.runs.logger import RunLogger
 
 POLICY_FILES = ("policy.safetensors", "checkpoint/policy.safetensors")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    report: Path
+    history: list[dict[str, float]]  # learner + reward metrics, one dict per update
+    gains: Gains
+
+
+def start_run(cfg: FindRayConfig) -> Path:
+    """Creates the run folder `train.out_dir` and writes its config.yaml; returns the folder."""
+    out = Path(cfg.train.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(to_yaml(cfg))
+    return out
+
+
+def finish_run(
+    cfg: FindRayConfig,
+    prompts: list[str],
+    policy: NoisePolicy,
+    version: int,
+    results: tuple[list[PromptResult], list[PromptResult]],
+    logger: RunLogger,
+    sections: list[str] = (),
+    extra: dict | None = None,
+) -> TrainResult:
+    """The end of a training run: the trained policy, the report of base against trained
+    (`results`, on the same eval noise), before/after grids per prompt; closes the logger."""
+    out, (before, after) = Path(cfg.train.out_dir), results
+    policy.save(out / "policy.safetensors", version, prompts)
+    report, gains = write_find_report(cfg, prompts, before, after, out, sections, extra)
+    for p, (b, a) in enumerate(zip(before, after, strict=True)):
+        grid = stack([suite_grid([b]), suite_grid([a])]).convert("RGB")
+        logger.image(f"before_after/p{p:02d}", np.asarray(grid), version)
+    logger.close()
+    return TrainResult(out, report, logger.history, gains)
 
 
 @dataclass

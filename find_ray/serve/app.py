@@ -205,8 +205,8 @@ class Ingress:
 
 def check_run_folder(run_dir: str) -> None:
     """Fails at start, in one line naming the file, on a missing or corrupt run folder."""
+    from find_ray.prompts import train_prompts
     from find_ray.runs.folder import load_run_policy, read_run_config
-    from find_ray.runs.in_process import train_prompts
 
     cfg = read_run_config(run_dir)
     try:

@@ -9,17 +9,18 @@ images from the same seed are a paired comparison.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+from find_ray.algo.gaussian import reparameterise
+from find_ray.algo.noise import normals_by_index
 from find_ray.backends import Backend, denoiser_calls, make_backend
 from find_ray.config import RewardConfig
 from find_ray.errors import FindRayError
+from find_ray.prompts import train_prompts
 from find_ray.rewards import RewardFn, check_prompts, make_reward
 from find_ray.runs.folder import RunPolicy, load_run_policy, read_run_config
-from find_ray.runs.in_process import train_prompts
 from find_ray.serve.schema import RequestError
 
 log = logging.getLogger(__name__)
@@ -87,13 +88,6 @@ class RunInfo:
         return Job(prompt, n, seed, steps, guidance, kind, denoiser_calls(steps, guidance))
 
 
-def image_noise(shape: tuple[int, ...], seeds: Sequence[int]) -> torch.Tensor:
-    """One standard-normal draw per seed, (len(seeds), *shape); a pure function of the seed."""
-    return torch.stack(
-        [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
-    )
-
-
 class AlignedGenerator:
     """Generates with the newest noise policy of a run folder; `reload` picks up a newer one."""
 
@@ -133,11 +127,10 @@ class AlignedGenerator:
         return True
 
     def noise(self, job: Job, run: RunPolicy) -> torch.Tensor:
-        eps = image_noise(self.backend.latent_shape, range(job.seed, job.seed + job.n))
+        eps = normals_by_index(self.backend.latent_shape, range(job.seed, job.seed + job.n))
         if job.policy == "base":
             return eps
-        mu, sigma = run.mean_std([job.prompt], self.backend.encode_prompts)
-        return mu + sigma * eps
+        return reparameterise(*run.mean_std([job.prompt], self.backend.encode_prompts), eps)
 
     def generate(self, jobs: list[Job]) -> list[JobResult]:
         """All jobs, one pipeline call per group of equal sampler settings."""

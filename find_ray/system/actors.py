@@ -17,12 +17,20 @@ import ray
 import torch
 from torch import Tensor
 
-from find_ray.algo.learner import Learner, LearnerConfig, PolicyConfig
-from find_ray.algo.policy import Reduction, policy_from_state
+from find_ray.algo.learner import Learner
+from find_ray.algo.policy_files import policy_from_state
 from find_ray.algo.rollout import RolloutWorker, score_rollouts
 from find_ray.algo.store import PackedRollouts, pack_rollouts, prompt_table, unpack_rollouts
 from find_ray.backends import make_backend
-from find_ray.config import EvalConfig, FindRayConfig, ModelConfig, RewardConfig
+from find_ray.config import (
+    EvalConfig,
+    FindRayConfig,
+    LearnerConfig,
+    ModelConfig,
+    PolicyConfig,
+    Reduction,
+    RewardConfig,
+)
 from find_ray.eval.evaluate import EvalJob, policy_transform, sample_eval_batch, score_eval_batch
 from find_ray.images import image_grid, to_uint8
 from find_ray.rewards import make_reward

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from find_ray.algo.policy import policy_from_state
+from find_ray.algo.policy_files import policy_from_state
 from find_ray.errors import FindRayError
 
 

@@ -18,7 +18,6 @@ import argparse
 import inspect
 import json
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from find_ray.config import FindRayConfig, load_config
 from find_ray.system.actors import RolloutActor, peak_memory_mib
 from find_ray.system.driver import RayTrainer
 
-RESULTS = Path(__file__).resolve().parent / "results" / "throughput"
+RESULTS = Path("benchmarks/results") / "throughput"
 PROMPT = "three red apples on a wooden table"
 
 
@@ -48,8 +47,7 @@ def random_sd15(folder: Path) -> Path:
     )
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tests.tiny_pipelines import char_tokenizer  # a tokenizer without a download
+    from find_ray.backends.offline_tokenizer import char_tokenizer  # no download
 
     tokenizer = char_tokenizer(folder.parent / f"{folder.name}-tokenizer")
     tokenizer.model_max_length = 77

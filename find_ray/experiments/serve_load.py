@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results" / "serve"
+RESULTS = Path("benchmarks/results") / "serve"
 CLIENTS = (1, 8, 32, 64)
 
 

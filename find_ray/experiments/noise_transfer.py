@@ -22,20 +22,21 @@ Writes benchmarks/results/alignment/noise_transfer.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from find_ray.algo.noise import seeded_normal
 from find_ray.backends import make_backend
 from find_ray.config import load_config
-from find_ray.eval.evaluate import eval_noise, evaluate
+from find_ray.eval.evaluate import evaluate
+from find_ray.eval.report import ci_cell, md_table, write_json
 from find_ray.prompts import load_suite
 from find_ray.rewards import make_reward
 from find_ray.shapes.captions import parse_caption
 
-RESULTS = Path(__file__).resolve().parent / "results" / "alignment"
+RESULTS = Path("benchmarks/results") / "alignment"
 
 
 def counts_of(prompt: str) -> tuple[int, ...]:
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     train, heldout = load_suite("train"), load_suite("heldout")
     prompts = train + heldout
     backend, reward = make_backend(cfg.model), make_reward(cfg.reward)
-    shared = eval_noise(backend.latent_shape, 0, args.samples, args.seed)
+    shared = seeded_normal((args.samples, *backend.latent_shape), args.seed, 0)
     results = evaluate(
         backend,
         reward,
@@ -136,41 +137,40 @@ def main(argv: list[str] | None = None) -> None:
             exact,
         )
     )
-    general = exact.mean(0)  # how good each noise is across all prompts
-    binomial = np.sqrt(exact.mean() * (1 - exact.mean()) / len(prompts))
     command = "python benchmarks/noise_transfer.py " + " ".join(
         ["--config", args.config, "--samples", str(args.samples), *args.overrides]
     )
-    lines = [
-        f"`{command}`",
-        "",
+    setting = (
         f"Model: {cfg.model.path}, {cfg.model.steps} steps, CFG {cfg.model.guidance}; "
         f"{len(train)} train + {len(heldout)} held-out prompts, each on the same "
-        f"{args.samples} noises.",
+        f"{args.samples} noises."
+    )
+    lines = [f"`{command}`", "", setting, "", *transfer_table(rows, exact)]
+    out = Path(args.out)
+    data = {"command": command, "rows": rows, "prompts": prompts, "exact": exact.tolist()}
+    write_json(out / "noise_transfer.json", data)
+    (out / "noise_transfer.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def transfer_table(rows: list[dict], exact: np.ndarray) -> list[str]:
+    """The transfer rows, and how much a noise's success varies across prompts."""
+    header = ["target <- partner", "pairs", "base exact", "exact on partner's good noises"]
+    header += ["lift [95 % CI]", "phi"]
+    cells = [
+        [r["rule"], r["pairs"], f"{r['base']:.3f}", f"{r['on_partner_good_noises']:.3f}"]
+        + [ci_cell(r["lift"], r["low"], r["high"]), f"{r['phi']:+.3f}"]
+        for r in rows
+    ]
+    general = exact.mean(0)  # how good each noise is across all prompts
+    binomial = np.sqrt(exact.mean() * (1 - exact.mean()) / exact.shape[0])
+    return [
+        *md_table(header, cells, "lrrrlr"),
         "",
-        "| target <- partner | pairs | base exact | exact on partner's good noises | "
-        "lift [95 % CI] | phi |",
-        "|---|---:|---:|---:|---|---:|",
-        *(
-            f"| {r['rule']} | {r['pairs']} | {r['base']:.3f} | {r['on_partner_good_noises']:.3f} "
-            f"| {r['lift']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] | {r['phi']:+.3f} |"
-            for r in rows
-        ),
-        "",
-        f"A noise's exact-match rate over all {len(prompts)} prompts ranges "
+        f"A noise's exact-match rate over all {exact.shape[0]} prompts ranges "
         f"{general.min():.2f} to {general.max():.2f} (std {general.std():.3f}; a binomial "
         f"spread alone would give {binomial:.3f}).",
     ]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "noise_transfer.json").write_text(
-        json.dumps(
-            {"command": command, "rows": rows, "prompts": prompts, "exact": exact.tolist()},
-            indent=1,
-        )
-    )
-    (out / "noise_transfer.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

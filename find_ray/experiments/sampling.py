@@ -17,7 +17,7 @@ import torch
 from find_ray.backends import PipelineBackend
 from find_ray.config import ModelConfig
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path("benchmarks/results")
 
 
 def images_per_second(backend: PipelineBackend, batch: int, repeats: int) -> float:

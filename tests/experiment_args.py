@@ -1,17 +1,6 @@
-"""Imports a script of benchmarks/ as a module (the folder is not a package)."""
+"""Arguments that shrink an experiment's runs to a tiny model (for its tests)."""
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
-
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def load_benchmark(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def tiny_run_args(tmp_path: Path, tiny_dir: Path, prompts: str, samples_per_prompt: int) -> list:

@@ -20,11 +20,12 @@ from find_ray.backends import make_backend
 from find_ray.config import FindRayConfig, load_config
 from find_ray.eval.evaluate import evaluate
 from find_ray.eval.stats import expected_best_of
+from find_ray.prompts import train_prompts
 from find_ray.rewards import make_reward
 from find_ray.runs.folder import finished_with
-from find_ray.runs.in_process import train_in_process, train_prompts
+from find_ray.runs.in_process import train_in_process
 
-RESULTS = Path(__file__).resolve().parent / "results" / "ablation"
+RESULTS = Path("benchmarks/results") / "ablation"
 VARIANTS: dict[str, list[str]] = {
     "find": [],
     "no_drcm": ["learner.baseline=none"],

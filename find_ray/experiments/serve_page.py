@@ -13,7 +13,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results" / "serve"
+RESULTS = Path("benchmarks/results") / "serve"
 
 
 def chromium_path() -> str | None:

@@ -32,17 +32,16 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from find_ray.algo.policy import load_policy
+from find_ray.algo.policy_files import load_policy
 from find_ray.backends import make_backend
 from find_ray.config import FindRayConfig, load_config, to_yaml
 from find_ray.eval.evaluate import PromptResult, evaluate_policy
 from find_ray.eval.stats import expected_best_of
-from find_ray.prompts import load_suite
+from find_ray.prompts import load_suite, train_prompts
 from find_ray.rewards import make_reward
 from find_ray.runs.folder import finished_with
-from find_ray.runs.in_process import train_prompts
 
-RESULTS = Path(__file__).resolve().parent / "results" / "alignment"
+RESULTS = Path("benchmarks/results") / "alignment"
 BEST_OF = (1, 2, 4, 8)
 
 
@@ -108,7 +107,7 @@ def gain_row(metrics: dict) -> dict:
 
 def evaluate_seed(cfg: FindRayConfig, run_dir: Path, heldout: list[PromptResult] | None) -> dict:
     """One seed's row: training-prompt gains (its report), KL, and held-out gains."""
-    from find_ray.eval.run_eval import evaluate_run
+    from find_ray.runs.run_eval import evaluate_run
 
     row = {"train": gain_row(json.loads((run_dir / "metrics.json").read_text()))}
     row["kl_to_prior"] = kl_to_prior(run_dir)

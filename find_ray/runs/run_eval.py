@@ -11,14 +11,14 @@ from pathlib import Path
 
 import torch
 
-from find_ray.algo.policy import standard_normal_kl
+from find_ray.algo.gaussian import reparameterise, standard_normal_kl
 from find_ray.backends import make_backend
 from find_ray.config import FindRayConfig, load_config
 from find_ray.eval.evaluate import NoiseTransform, PromptResult, evaluate, evaluate_policy
-from find_ray.prompts import load_suite
+from find_ray.eval.report import write_find_report
+from find_ray.prompts import load_suite, train_prompts
 from find_ray.rewards import check_prompts, make_reward
 from find_ray.runs.folder import RunPolicy, load_run_policy, read_run_config
-from find_ray.runs.in_process import train_prompts, write_find_report
 
 
 def run_transform(
@@ -35,8 +35,7 @@ def run_transform(
     def transform(prompt_index: int, eps: torch.Tensor) -> torch.Tensor:
         if prompt_index not in params:
             return eps
-        mu, sigma = params[prompt_index]
-        return mu + sigma * eps
+        return reparameterise(*params[prompt_index], eps)
 
     return transform, params
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from find_ray.algo.policy import load_policy
+from find_ray.algo.policy_files import load_policy
 
 GRIDS = (1, 2, 4, 8, 16)
 

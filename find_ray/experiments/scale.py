@@ -22,7 +22,7 @@ import ray
 from find_ray.config import load_config
 from find_ray.system.driver import RayTrainer
 
-RESULTS = Path(__file__).resolve().parent / "results" / "scale"
+RESULTS = Path("benchmarks/results") / "scale"
 WARMUP_UPDATES = 3
 
 

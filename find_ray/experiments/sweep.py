@@ -42,7 +42,7 @@ from find_ray.config import load_config
 from find_ray.runs.folder import finished_with
 from find_ray.runs.in_process import train_in_process
 
-RESULTS = Path(__file__).resolve().parent / "results" / "alignment"
+RESULTS = Path("benchmarks/results") / "alignment"
 FACTORS: dict[str, list[str]] = {
     "default": ["learner.loss.policy_lr=0.3"],  # the step the sweep ran from (the old default)
     "alpha_1": ["learner.loss.policy_lr=1.0"],

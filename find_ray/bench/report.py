@@ -1,0 +1,115 @@
+"""The bench's table (markdown) and its two-panel plot."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from find_ray.bench.bench import Point
+from find_ray.bench.config import METHODS
+from find_ray.eval.report import ci_cell, fmt, md_table
+
+
+def markdown(points: list[Point], prompts: list[str], surrogate: dict) -> str:
+    """The bench table: one row per point, every gain paired with the base on the same noise."""
+    header = [
+        *("method", "point", "exact", "exact gain vs base [95 % CI]", "score"),
+        *("score gain [95 % CI]", "train NFE", "inference NFE / image", "wall s"),
+        *("KL to N(0, I)", "diversity ratio"),
+    ]
+    rows = [
+        [
+            *(p.method, p.label, fmt(p.exact), ci_cell(*p.exact_gain), f"{p.score:.3f}"),
+            *(ci_cell(*p.score_gain), p.train_nfe, f"{p.inference_nfe:.0f}", f"{p.wall_s:.0f}"),
+            *(fmt(p.kl, ".3g"), fmt(p.diversity_ratio, ".2f")),
+        ]
+        for p in points
+    ]
+    lines = [f"Prompts ({len(prompts)}): " + "; ".join(prompts), ""]
+    lines += md_table(header, rows, "llrlrlrrrrr")
+    held = surrogate.get("heldout")
+    if held:
+        lines += [
+            "",
+            f"Surrogate reward (DNO, DRTune) on held-out base images: MAE {held['mae']:.3f} "
+            f"(constant predictor {surrogate['mae_constant']:.3f}), Pearson "
+            f"{held['pearson']:.3f}, exact recall {held['exact_recall']:.2f}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def headline(points: list[Point]) -> str:
+    """The metric the plot shows: exact match where the reward gives it, else the score."""
+    return "exact" if all(math.isfinite(p.exact) for p in points) else "score"
+
+
+def plot(points: list[Point], path: Path) -> None:
+    """The headline metric against training NFE (trained methods) and against inference NFE
+    per image (base, best-of-N, DNO, and the trained methods at their final budget)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = headline(points)
+
+    def y(ps: list[Point]) -> list[float]:
+        return [getattr(p, metric) for p in ps]
+
+    def yerr(ps: list[Point]) -> list[list[float]]:  # the paired CI of the gain
+        gains = [getattr(p, f"{metric}_gain") for p in ps]
+        return [[g - low for g, low, _ in gains], [high - g for g, _, high in gains]]
+
+    colours = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    fig, (train_ax, infer_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for method in ("find", "ddpo", "drtune"):
+        mine = [p for p in points if p.method == method]
+        if mine:
+            train_ax.errorbar(
+                [p.train_nfe for p in mine],
+                y(mine),
+                yerr=yerr(mine),
+                marker="o",
+                capsize=3,
+                label=method,
+                color=colours[method],
+            )
+            infer_ax.scatter(
+                [mine[-1].inference_nfe],
+                y(mine[-1:]),
+                marker="s",
+                label=method,
+                color=colours[method],
+            )
+    for method in ("best_of_n", "dno"):
+        mine = sorted((p for p in points if p.method == method), key=lambda p: p.inference_nfe)
+        if mine:
+            infer_ax.plot(
+                [p.inference_nfe for p in mine],
+                y(mine),
+                marker="o",
+                label=method,
+                color=colours[method],
+            )
+    base = y([p for p in points if p.method == "base"])
+    label = "eval exact match" if metric == "exact" else "eval reward score"
+    for ax in (train_ax, infer_ax):
+        _log_nfe_axis(ax, base[0] if base else None, label)
+    train_ax.set(xlabel="training NFE", title="Training budget")
+    infer_ax.set(xlabel="inference NFE per image", title="Inference budget")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _log_nfe_axis(ax, base: float | None, label: str) -> None:
+    """An NFE axis on a log scale with plain tick labels, the base as a dashed line."""
+    import matplotlib.ticker
+
+    if base is not None:
+        ax.axhline(base, color="gray", linestyle="--", label="base")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_ylabel(label)
+    ax.legend(fontsize=8)

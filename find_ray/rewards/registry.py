@@ -1,0 +1,38 @@
+"""The reward registry: each scorer module registers its factory (and optional differentiable
+form and cheap weight check) under a name; `find_ray.rewards` builds rewards from it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from find_ray.config import RewardConfig
+
+RewardFn = Callable[[torch.Tensor, list[str]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+DifferentiableRewardFn = Callable[[torch.Tensor, list[str]], torch.Tensor]
+REWARDS: dict[str, Callable[[RewardConfig], RewardFn]] = {}
+DIFFERENTIABLE: dict[str, Callable[[RewardConfig], DifferentiableRewardFn]] = {}
+CHECKS: dict[str, Callable[[RewardConfig], None]] = {}
+
+
+def register(name: str, check: Callable[[RewardConfig], None] | None = None):
+    """Registers a reward factory under `name`; `check(cfg)` validates its weights cheaply."""
+
+    def wrap(factory: Callable[[RewardConfig], RewardFn]):
+        REWARDS[name] = factory
+        if check is not None:
+            CHECKS[name] = check
+        return factory
+
+    return wrap
+
+
+def register_differentiable(name: str):
+    """Registers the differentiable form of reward `name`."""
+
+    def wrap(factory: Callable[[RewardConfig], DifferentiableRewardFn]):
+        DIFFERENTIABLE[name] = factory
+        return factory
+
+    return wrap
