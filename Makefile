@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup browser demo baseline test lint bench pretrain clean
+.PHONY: setup browser demo baseline test test-fast lint bench pretrain clean
 
 setup: $(VENV)/.installed
 
@@ -34,11 +34,20 @@ baseline: setup
 	$(BIN)/find-ray eval --config configs/shapes.yaml eval.out_dir=runs/baseline
 
 # pytest exits 5 when it collects no test: that is a failure here, not a pass.
+define pytest_or_fail
+	$(BIN)/pytest -q $(1); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+endef
+
 test: setup browser
 	$(BIN)/ruff check find_ray tests benchmarks
-	$(BIN)/pytest -q; rc=$$?; \
-	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+	$(call pytest_or_fail,)
 	BIN=$(BIN) scripts/job_submit_check.sh
+
+# The fast tier: everything but the end-to-end tests (`slow`: Ray, long training or sampling).
+test-fast: setup
+	$(BIN)/ruff check find_ray tests benchmarks
+	$(call pytest_or_fail,-m "not slow")
 
 lint: setup
 	$(BIN)/ruff check find_ray tests benchmarks

@@ -186,7 +186,7 @@ class RayConfig:
 
 @dataclass
 class FindLossConfig:
-    """Hyper-parameters of the FIND update (defaults: DESIGN.md section 2 / FIND code)."""
+    """Hyper-parameters of the FIND update (defaults: the FIND paper and its reference code)."""
 
     eps: float = 0.2  # ratio clip range
     reg_weight: float = 0.01  # lambda of mean(mu^2 + (sigma - 1)^2)

@@ -12,6 +12,13 @@ TINY_SHAPES = ShapesModelConfig(
 )
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that need Ray run the system end to end: they belong to the slow tier."""
+    for item in items:
+        if item.get_closest_marker("ray"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def tiny_shapes_dir(tmp_path_factory):
     """A random-weight ShapesPipeline saved with save_pretrained."""

@@ -38,8 +38,15 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[object]], align: str
     """A markdown table's lines; `align` has one letter per column, l or r (default: the first
     column left, the others right)."""
     align = align or "l" + "r" * (len(header) - 1)
-    rule = ["---" if a == "l" else "---:" for a in align]
-    return [f"| {' | '.join(str(c) for c in row)} |" for row in (header, rule, *rows)]
+    rule = "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|"
+    cells = [f"| {' | '.join(str(c) for c in row)} |" for row in (header, *rows)]
+    return [cells[0], rule, *cells[1:]]
+
+
+def publish(path: Path, lines: list[str]) -> None:
+    """Writes a results page (markdown lines) to `path`, with a final newline, and prints it."""
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def write_json(path: Path, data: object) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 from find_ray.backends import make_backend
 from find_ray.config import FindRayConfig, load_config
 from find_ray.eval.evaluate import evaluate
+from find_ray.eval.report import ci_cell, md_table, publish, write_json
 from find_ray.eval.stats import expected_best_of
 from find_ray.prompts import train_prompts
 from find_ray.rewards import make_reward
@@ -96,7 +97,8 @@ def read_variant(cfg: FindRayConfig, name: str, run_dir: Path) -> dict:
         "overrides": VARIANTS[name],
         "minutes": round(train_seconds / 60, 1),
         "gains": json.loads((run_dir / "metrics.json").read_text())["gains"],
-        "curve": [{"nfe": (e.step + 1) * per_iteration, "reward": e.value} for e in rewards],
+        # TensorBoard step = the learner version after the update (1 after the first)
+        "curve": [{"nfe": e.step * per_iteration, "reward": e.value} for e in rewards],
     }
 
 
@@ -106,10 +108,7 @@ def write_results(rows: list[dict], best_of: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation.json").write_text(
-        json.dumps({"variants": rows, "best_of_n": best_of}, indent=2) + "\n"
-    )
+    write_json(out / "ablation.json", {"variants": rows, "best_of_n": best_of})
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for row in sorted(rows, key=lambda r: r["variant"] == "find"):  # FIND on top
         full = row["variant"] == "find"
@@ -133,22 +132,27 @@ def write_results(rows: list[dict], best_of: list[dict], out: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "ablation.png", dpi=120)
-    lines = [
-        "| variant | exact gain [95 % CI] | score gain [95 % CI] | final rollout reward "
-        "| train minutes |",
-        "|---|---|---|---:|---:|",
+    lines = [*variant_table(rows), "", *best_of_table(best_of)]
+    publish(out / "ablation.md", lines)
+
+
+def variant_table(rows: list[dict]) -> list[str]:
+    """One row a variant: exact and score gains with CIs, final reward, training time."""
+    header = ["variant", "exact gain [95 % CI]", "score gain [95 % CI]"]
+    header += ["final rollout reward", "train minutes"]
+    cells = [
+        [row["variant"], ci_cell(**row["gains"]["exact"]), ci_cell(**row["gains"]["scores"])]
+        + [f"{row['curve'][-1]['reward']:.3f}", row["minutes"]]
+        for row in rows
     ]
-    for row in rows:
-        e, s = row["gains"]["exact"], row["gains"]["scores"]
-        lines.append(
-            f"| {row['variant']} | {e['gain']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}] "
-            f"| {s['gain']:+.3f} [{s['low']:+.3f}, {s['high']:+.3f}] | "
-            f"{row['curve'][-1]['reward']:.3f} | {row['minutes']} |"
-        )
-    lines += ["", "| best-of-N | NFE | E[best score] | E[best exact] |", "|---:|---:|---:|---:|"]
-    lines += [f"| {p['n']} | {p['nfe']} | {p['score']:.3f} | {p['exact']:.3f} |" for p in best_of]
-    (out / "ablation.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return md_table(header, cells, "lllrr")
+
+
+def best_of_table(best_of: list[dict]) -> list[str]:
+    """Best-of-N of the base policy: expected best score and exact match at each N."""
+    header = ["best-of-N", "NFE", "E[best score]", "E[best exact]"]
+    cells = [[p["n"], p["nfe"], f"{p['score']:.3f}", f"{p['exact']:.3f}"] for p in best_of]
+    return md_table(header, cells, "rrrr")
 
 
 def main(argv: list[str] | None = None) -> None:

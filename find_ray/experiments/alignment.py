@@ -36,6 +36,7 @@ from find_ray.algo.policy_files import load_policy
 from find_ray.backends import make_backend
 from find_ray.config import FindRayConfig, load_config, to_yaml
 from find_ray.eval.evaluate import PromptResult, evaluate_policy
+from find_ray.eval.report import ci_cell, md_table, write_json
 from find_ray.eval.stats import expected_best_of
 from find_ray.prompts import load_suite, train_prompts
 from find_ray.rewards import make_reward
@@ -130,9 +131,38 @@ def spread(rows: list[dict], part: str, key: str) -> dict[str, float]:
     return {"mean": float(values.mean()), "sd": float(values.std(ddof=1) if len(values) > 1 else 0)}
 
 
+def seed_table(rows: list[dict]) -> list[str]:
+    """One row a seed: run minutes, training-prompt exact match and gains, KL, diversity and
+    the held-out gain."""
+    header = ["seed", "run minutes (train + eval)", "exact before", "exact after"]
+    header += ["exact gain [95 % CI]", "score gain", "KL to N(0, I)", "diversity ratio"]
+    header += ["held-out exact gain [95 % CI]", "held-out diversity ratio"]
+    cells = []
+    for r in rows:
+        t, h = r["train"], r.get("heldout")
+        held = ["n/a", "n/a"]
+        if h:
+            held = [exact_gain_cell(h), f"{h['diversity_ratio']:.2f}"]
+        cells.append(
+            [
+                r["seed"],
+                f"{r['minutes']:.1f}",
+                f"{t['exact_before']:.3f}",
+                f"{t['exact_after']:.3f}",
+            ]
+            + [exact_gain_cell(t), ci_cell(t["scores_gain"]), f"{r['kl_to_prior']:.2f}"]
+            + [f"{t['diversity_ratio']:.2f}", *held]
+        )
+    return md_table(header, cells, "rrrrlrrrlr")
+
+
+def exact_gain_cell(row: dict) -> str:
+    """A gain row's exact-match gain with its 95 % CI."""
+    return ci_cell(row["exact_gain"], row["exact_low"], row["exact_high"])
+
+
 def write_results(name: str, result: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_json(out / f"{name}.json", result)
     rows, refs = result["seeds"], result["references"]
     lines = [
         f"# Alignment: {name}",
@@ -144,25 +174,8 @@ def write_results(name: str, result: dict, out: Path) -> None:
         "95 % paired bootstrap CI; KL(pi || N(0, I)) summed over the latent, mean over prompts; "
         "diversity ratio = mean pairwise image distance, trained / base.",
         "",
-        "| seed | run minutes (train + eval) | exact before | exact after | exact gain [95 % CI] | "
-        "score gain | KL to N(0, I) | diversity ratio | held-out exact gain [95 % CI] | "
-        "held-out diversity ratio |",
-        "|---:|---:|---:|---:|---|---:|---:|---:|---|---:|",
+        *seed_table(rows),
     ]
-    for r in rows:
-        t, h = r["train"], r.get("heldout")
-        held = (
-            f"{h['exact_gain']:+.3f} [{h['exact_low']:+.3f}, {h['exact_high']:+.3f}] | "
-            f"{h['diversity_ratio']:.2f}"
-            if h
-            else "n/a | n/a"
-        )
-        lines.append(
-            f"| {r['seed']} | {r['minutes']:.1f} | {t['exact_before']:.3f} | "
-            f"{t['exact_after']:.3f} | {t['exact_gain']:+.3f} "
-            f"[{t['exact_low']:+.3f}, {t['exact_high']:+.3f}] | {t['scores_gain']:+.3f} | "
-            f"{r['kl_to_prior']:.2f} | {t['diversity_ratio']:.2f} | {held} |"
-        )
     s = result["summary"]
     lines += [
         "",
@@ -215,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
         minutes = train_seed(args.config, args.overrides, seed, run_dir)
         if np.isnan(minutes):
             minutes = json.loads((run_dir / "alignment-minutes.json").read_text())["minutes"]
-        (run_dir / "alignment-minutes.json").write_text(json.dumps({"minutes": minutes}))
+        write_json(run_dir / "alignment-minutes.json", {"minutes": minutes})
         row = {"seed": seed, "minutes": minutes, **evaluate_seed(cfg, run_dir, heldout)}
         rows.append({**row, "config": to_yaml(seed_cfg)})
     summary = {

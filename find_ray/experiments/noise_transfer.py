@@ -31,7 +31,7 @@ from find_ray.algo.noise import seeded_normal
 from find_ray.backends import make_backend
 from find_ray.config import load_config
 from find_ray.eval.evaluate import evaluate
-from find_ray.eval.report import ci_cell, md_table, write_json
+from find_ray.eval.report import ci_cell, md_table, publish, write_json
 from find_ray.prompts import load_suite
 from find_ray.rewards import make_reward
 from find_ray.shapes.captions import parse_caption
@@ -149,8 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     data = {"command": command, "rows": rows, "prompts": prompts, "exact": exact.tolist()}
     write_json(out / "noise_transfer.json", data)
-    (out / "noise_transfer.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish(out / "noise_transfer.md", lines)
 
 
 def transfer_table(rows: list[dict], exact: np.ndarray) -> list[str]:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from find_ray.algo.policy_files import load_policy
+from find_ray.eval.report import md_table
 
 GRIDS = (1, 2, 4, 8, 16)
 
@@ -43,19 +44,17 @@ def shared_fraction(mu: Tensor) -> Tensor:
 
 def spectrum_table(mu: Tensor) -> str:
     height, width = mu.shape[-2:]
-    lines = [
-        "| map | energy fraction of mu (mean over prompts) | white noise |",
-        "|---|---:|---:|",
+    fractions = [low_resolution_fraction(mu, g).mean().item() for g in GRIDS]
+    rows = [
+        [f"{g}x{g}", f"{frac:.3f}", f"{g * g / (height * width):.4f}"]
+        for g, frac in zip(GRIDS, fractions, strict=True)
     ]
-    for g in GRIDS:
-        frac = low_resolution_fraction(mu, g).mean().item()
-        lines.append(f"| {g}x{g} | {frac:.3f} | {g * g / (height * width):.4f} |")
-    lines.append(
-        f"| shared by all {mu.shape[0]} prompts | {shared_fraction(mu).mean().item():.3f} | "
-        f"{1 / mu.shape[0]:.3f} |"
-    )
+    shared = shared_fraction(mu).mean().item()
+    rows.append([f"shared by all {mu.shape[0]} prompts", f"{shared:.3f}", f"{1 / mu.shape[0]:.3f}"])
+    header = ["map", "energy fraction of mu (mean over prompts)", "white noise"]
     rms = (energy(mu) / mu[0].numel()).sqrt()
-    lines += ["", f"RMS of mu per element: {rms.min():.2f} to {rms.max():.2f} over prompts.", ""]
+    lines = [*md_table(header, rows), ""]
+    lines += [f"RMS of mu per element: {rms.min():.2f} to {rms.max():.2f} over prompts.", ""]
     return "\n".join(lines)
 
 

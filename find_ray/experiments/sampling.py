@@ -7,7 +7,6 @@ Writes benchmarks/results/sampling.json and sampling.md. Run: `python benchmarks
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 
 from find_ray.backends import PipelineBackend
 from find_ray.config import ModelConfig
+from find_ray.eval.report import md_table, publish, write_json
 
 RESULTS = Path("benchmarks/results")
 
@@ -51,18 +51,18 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "sampling.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    write_json(RESULTS / "sampling.json", {**meta, "rows": rows})
     table = [
         f"Shipped shapes model, DDIM {cfg.steps} steps, CFG {cfg.guidance} (2 unet passes per "
         f"step), {args.threads} CPU threads, torch {torch.__version__}.",
         "",
-        "| batch size | images/s |",
-        "|---:|---:|",
-        *[f"| {r['batch_size']} | {r['images_per_s']:.2f} |" for r in rows],
+        *md_table(
+            ["batch size", "images/s"],
+            [[r["batch_size"], f"{r['images_per_s']:.2f}"] for r in rows],
+            "rr",
+        ),
     ]
-    (RESULTS / "sampling.md").write_text("\n".join(table) + "\n")
-    print("\n".join(table))
+    publish(RESULTS / "sampling.md", table)
 
 
 if __name__ == "__main__":

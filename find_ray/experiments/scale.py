@@ -11,7 +11,6 @@ Run: `python benchmarks/scale.py` (about 10 minutes).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import ray
 
 from find_ray.config import load_config
+from find_ray.eval.report import md_table, publish, write_json
 from find_ray.system.driver import RayTrainer
 
 RESULTS = Path("benchmarks/results") / "scale"
@@ -82,8 +82,7 @@ def write_results(rows: list[dict], settings: dict, out: Path) -> None:
     for row in rows:
         row["ideal"] = row["actors"] * single
         row["efficiency"] = row["rollouts_per_s"] / row["ideal"]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "scale.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2))
+    write_json(out / "scale.json", {"settings": settings, "rows": rows})
     n = [r["actors"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4.2))
     ax.plot(n, [r["ideal"] for r in rows], "k--", label="ideal (N x one actor)")
@@ -104,19 +103,24 @@ def write_results(rows: list[dict], settings: dict, out: Path) -> None:
         f"rollouts, `brightness` reward, {settings['iterations']} updates "
         f"(first {WARMUP_UPDATES} are warm-up), 1 reward actor, 1 learner.",
         "",
-        "| rollout actors | rollouts/s | ideal | % of ideal | learner utilisation "
-        "| mean policy lag | driver CPU ms per call | driver CPU share | bytes per broadcast |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *scale_table(rows),
     ]
-    lines += [
-        f"| {r['actors']} | {r['rollouts_per_s']:.1f} | {r['ideal']:.1f} | "
-        f"{100 * r['efficiency']:.1f} | {r['learner_utilisation']:.3f} | "
-        f"{r['policy_lag_mean']:.2f} | {r['driver_cpu_ms_per_call']:.2f} | "
-        f"{r['driver_cpu_share']:.2f} | {r['weights_bytes']:,} |"
+    publish(out / "scale.md", lines)
+
+
+def scale_table(rows: list[dict]) -> list[str]:
+    """One row a number of rollout actors: throughput against ideal, learner and driver load."""
+    header = ["rollout actors", "rollouts/s", "ideal", "% of ideal", "learner utilisation"]
+    header += ["mean policy lag", "driver CPU ms per call", "driver CPU share"]
+    header += ["bytes per broadcast"]
+    cells = [
+        [r["actors"], f"{r['rollouts_per_s']:.1f}", f"{r['ideal']:.1f}"]
+        + [f"{100 * r['efficiency']:.1f}", f"{r['learner_utilisation']:.3f}"]
+        + [f"{r['policy_lag_mean']:.2f}", f"{r['driver_cpu_ms_per_call']:.2f}"]
+        + [f"{r['driver_cpu_share']:.2f}", f"{r['weights_bytes']:,}"]
         for r in rows
     ]
-    (out / "scale.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return md_table(header, cells, "r" * len(header))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
+
+from find_ray.eval.report import md_table, write_json
 
 RESULTS = Path("benchmarks/results") / "serve"
 CLIENTS = (1, 8, 32, 64)
@@ -104,15 +105,7 @@ def markdown(rows: list[dict], over: dict, meta: dict) -> str:
         f"image per request, {meta['seconds']:.0f} s per level, {meta['cpus']} CPU cores; "
         f"batching on = up to {meta['batch']} requests per pipeline call.",
         "",
-        "| batching | clients | requests | failures | requests/s | p50 s | p95 s | p99 s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['batching']} | {r['clients']} | {r['requests']} | {r['failures']} | "
-            f"{r['requests_per_s']:.2f} | {r['p50_s']:.2f} | {r['p95_s']:.2f} | {r['p99_s']:.2f} |"
-        )
-    lines += [
+        *load_table(rows),
         "",
         f"Overhead, one request at a time ({meta['repeats']} each): through Serve "
         f"p50 {over['served_p50_s'] * 1000:.0f} ms, the generator called directly "
@@ -120,6 +113,18 @@ def markdown(rows: list[dict], over: dict, meta: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def load_table(rows: list[dict]) -> list[str]:
+    """One row a batching mode and number of clients: requests, failures, rate, latencies."""
+    header = ["batching", "clients", "requests", "failures", "requests/s"]
+    header += ["p50 s", "p95 s", "p99 s"]
+    cells = [
+        [r["batching"], r["clients"], r["requests"], r["failures"]]
+        + [f"{r[key]:.2f}" for key in ("requests_per_s", "p50_s", "p95_s", "p99_s")]
+        for r in rows
+    ]
+    return md_table(header, cells)
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -191,13 +196,11 @@ def main() -> None:
         "repeats": args.repeats,
         "cpus": os.cpu_count(),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "serve_load.json").write_text(
-        json.dumps({"meta": meta, "load": rows, "overhead": over}, indent=2) + "\n"
-    )
-    (args.out / "serve_load.md").write_text(markdown(rows, over, meta))
+    write_json(args.out / "serve_load.json", {"meta": meta, "load": rows, "overhead": over})
+    table = markdown(rows, over, meta)
+    (args.out / "serve_load.md").write_text(table)
     plot(rows, args.out / "serve_load.png")
-    print(markdown(rows, over, meta))
+    print(table)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from find_ray.config import load_config
+from find_ray.eval.report import ci_cell, md_table, publish, write_json
 from find_ray.runs.folder import finished_with
 from find_ray.runs.in_process import train_in_process
 
@@ -123,14 +124,39 @@ def grid_order(row: dict) -> tuple[int, int]:
 
 
 def write_results(rows: list[dict], out: Path) -> None:
+    rows = sorted(rows, key=grid_order)
+    write_json(out / "sweep.json", {"cells": rows})
+    plot(rows, out / "sweep.png")
+    cells = " ".join(f"{r['factor']}/{r['method']}" for r in rows)
+    lines = [
+        f"`python benchmarks/sweep.py --cells {cells} -- {' '.join(rows[0]['overrides'])}`",
+        "",
+        *sweep_table(rows),
+    ]
+    publish(out / "sweep.md", lines)
+
+
+def sweep_table(rows: list[dict]) -> list[str]:
+    """One row a cell: its exact-match gain and the learner's statistics."""
+    header = ["factor", "method", "exact gain [95 % CI]", "exact after", "clip fraction"]
+    header += ["adv. var. after / before", "max KL per update", "KL to N(0, I)"]
+    header += ["diversity ratio"]
+    cells = [
+        [r["factor"], r["method"], ci_cell(**r["exact"]), f"{r['exact_after']:.3f}"]
+        + [f"{r['clip_fraction']:.2f}", f"{r['adv_var_ratio']:.2f}", f"{r['kl_update_max']:.3g}"]
+        + [f"{r['kl_to_prior']:.3g}", f"{r['diversity_ratio']:.2f}"]
+        for r in rows
+    ]
+    return md_table(header, cells, "lllrrrrrr")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Exact-match gain with its CI, one bar a cell, grouped by factor."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out.mkdir(parents=True, exist_ok=True)
-    rows = sorted(rows, key=grid_order)
-    (out / "sweep.json").write_text(json.dumps({"cells": rows}, indent=1))
     factors = list(dict.fromkeys(r["factor"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(factors)), 4.5))
@@ -152,25 +178,7 @@ def write_results(rows: list[dict], out: Path) -> None:
     ax.set(ylabel="exact-match gain (95 % CI)", title="FIND: one factor at a time, shapes world")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "sweep.png", dpi=120)
-    cells = " ".join(f"{r['factor']}/{r['method']}" for r in rows)
-    lines = [
-        f"`python benchmarks/sweep.py --cells {cells} -- {' '.join(rows[0]['overrides'])}`",
-        "",
-        "| factor | method | exact gain [95 % CI] | exact after | clip fraction | "
-        "adv. var. after / before | max KL per update | KL to N(0, I) | diversity ratio |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        e = r["exact"]
-        lines.append(
-            f"| {r['factor']} | {r['method']} | {e['gain']:+.3f} [{e['low']:+.3f}, "
-            f"{e['high']:+.3f}] | {r['exact_after']:.3f} | {r['clip_fraction']:.2f} | "
-            f"{r['adv_var_ratio']:.2f} | {r['kl_update_max']:.3g} | {r['kl_to_prior']:.3g} | "
-            f"{r['diversity_ratio']:.2f} |"
-        )
-    (out / "sweep.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    fig.savefig(path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> None:

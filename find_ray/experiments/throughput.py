@@ -2,8 +2,8 @@
 full train loop with its reward. Images/s and peak memory of each, and the actor's ratio to
 the bare pipeline (target >= 0.95).
 
-For the GPU figure of issue 10 (an SD 1.5-architecture pipeline, random weights, DDIM 50,
-512x512, fp16, CLIPScore):
+The GPU figure measures them on an SD 1.5-architecture pipeline (random weights, DDIM 50,
+512x512, fp16), the train loop rewarded by CLIPScore:
 
     python benchmarks/throughput.py --random-sd15 /tmp/sd15 --config configs/sd15.yaml \\
         model.path=/tmp/sd15 reward.name=clipscore reward.weights_path=CLIP.bin
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import math
 import tempfile
 import time
@@ -27,6 +26,7 @@ import torch
 
 from find_ray.backends import make_backend
 from find_ray.config import FindRayConfig, load_config
+from find_ray.eval.report import md_table, write_json
 from find_ray.system.actors import RolloutActor, peak_memory_mib
 from find_ray.system.driver import RayTrainer
 
@@ -150,19 +150,18 @@ def write_results(rows: list[dict], settings: dict, out: Path) -> str:
     bare = rows[0]["images_per_s"]
     for row in rows:
         row["vs_bare"] = row["images_per_s"] / bare
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "throughput.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2))
+    write_json(out / "throughput.json", {"settings": settings, "rows": rows})
+    cells = [
+        [r["what"], f"{r['images_per_s']:.3f}", f"{r['vs_bare']:.3f}"]
+        + ["" if math.isnan(r["peak_memory_mib"]) else f"{r['peak_memory_mib']:.0f}"]
+        for r in rows
+    ]
     lines = [
         "{model} on {device_name}: {steps} steps, CFG {guidance}, {dtype}, batch {batch} per "
         "call, {calls} calls timed.".format(**settings),
         "",
-        "| what | images/s | × bare pipeline | peak memory MiB |",
-        "|---|---:|---:|---:|",
+        *md_table(["what", "images/s", "× bare pipeline", "peak memory MiB"], cells),
     ]
-    for r in rows:
-        peak = r["peak_memory_mib"]
-        memory = "" if math.isnan(peak) else f"{peak:.0f}"
-        lines.append(f"| {r['what']} | {r['images_per_s']:.3f} | {r['vs_bare']:.3f} | {memory} |")
     table = "\n".join(lines) + "\n"
     (out / "throughput.md").write_text(table)
     return table

@@ -22,14 +22,8 @@ from torch import nn
 
 from find_ray.config import RewardConfig
 from find_ray.errors import ModelPathError
-from find_ray.rewards.batching import Core, as_differentiable, as_reward
+from find_ray.rewards.batching import Core, register_scorer
 from find_ray.rewards.open_clip_model import OpenClip, check_architecture, check_tag, load_for
-from find_ray.rewards.registry import (
-    DifferentiableRewardFn,
-    RewardFn,
-    register,
-    register_differentiable,
-)
 from find_ray.rewards.weights import offline, resolve_weights
 
 ARCH, TAG = "ViT-L-14", "openai"
@@ -126,11 +120,4 @@ def _core(cfg: RewardConfig) -> Core:
     return aesthetic_core(clip, head.requires_grad_(False))
 
 
-@register("aesthetic", check=check_aesthetic)
-def aesthetic_reward(cfg: RewardConfig) -> RewardFn:
-    return as_reward(_core(cfg), cfg.batch_size)
-
-
-@register_differentiable("aesthetic")
-def aesthetic_differentiable(cfg: RewardConfig) -> DifferentiableRewardFn:
-    return as_differentiable(_core(cfg), cfg.batch_size)
+register_scorer("aesthetic", _core, check_aesthetic)

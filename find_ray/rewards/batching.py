@@ -11,7 +11,13 @@ from collections.abc import Callable
 
 import torch
 
-from find_ray.rewards.registry import DifferentiableRewardFn, RewardFn
+from find_ray.config import RewardConfig
+from find_ray.rewards.registry import (
+    DifferentiableRewardFn,
+    RewardFn,
+    register,
+    register_differentiable,
+)
 
 Core = Callable[[torch.Tensor, list[str]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -49,3 +55,13 @@ def as_differentiable(core: Core, batch_size: int) -> DifferentiableRewardFn:
         return scores.to(images.device, images.dtype)
 
     return score
+
+
+def register_scorer(
+    name: str, core: Callable[[RewardConfig], Core], check: Callable[[RewardConfig], None]
+) -> None:
+    """Registers a learned scorer under `name`: `core(cfg)` builds it, batched by
+    `reward.batch_size` as a reward and as its differentiable form; `check` validates its
+    weights before any actor starts."""
+    register(name, check)(lambda cfg: as_reward(core(cfg), cfg.batch_size))
+    register_differentiable(name)(lambda cfg: as_differentiable(core(cfg), cfg.batch_size))

@@ -12,14 +12,8 @@ from __future__ import annotations
 import torch
 
 from find_ray.config import RewardConfig
-from find_ray.rewards.batching import Core, as_differentiable, as_reward
+from find_ray.rewards.batching import Core, register_scorer
 from find_ray.rewards.open_clip_model import OpenClip, check_tag, clip_weights, load_for
-from find_ray.rewards.registry import (
-    DifferentiableRewardFn,
-    RewardFn,
-    register,
-    register_differentiable,
-)
 
 ARCH = "ViT-L-14"
 TAG = "openai"
@@ -56,11 +50,4 @@ def _core(cfg: RewardConfig) -> Core:
     return clipscore_core(load_for(cfg, *clip_model_weights(cfg)))
 
 
-@register("clipscore", check=check_clipscore)
-def clipscore_reward(cfg: RewardConfig) -> RewardFn:
-    return as_reward(_core(cfg), cfg.batch_size)
-
-
-@register_differentiable("clipscore")
-def clipscore_differentiable(cfg: RewardConfig) -> DifferentiableRewardFn:
-    return as_differentiable(_core(cfg), cfg.batch_size)
+register_scorer("clipscore", _core, check_clipscore)

@@ -18,14 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from find_ray.config import RewardConfig
-from find_ray.rewards.batching import Core, as_differentiable, as_reward
+from find_ray.rewards.batching import Core, register_scorer
 from find_ray.rewards.open_clip_model import OpenClip, clip_weights, load_for
-from find_ray.rewards.registry import (
-    DifferentiableRewardFn,
-    RewardFn,
-    register,
-    register_differentiable,
-)
 
 ARCH = "ViT-H-14"
 REPO, FILE = "xswu/HPSv2", "HPS_v2.1_compressed.pt"
@@ -69,11 +63,4 @@ def _core(cfg: RewardConfig) -> Core:
     return hpsv2_core(load_for(cfg, arch, path))
 
 
-@register("hpsv2", check=check_hpsv2)
-def hpsv2_reward(cfg: RewardConfig) -> RewardFn:
-    return as_reward(_core(cfg), cfg.batch_size)
-
-
-@register_differentiable("hpsv2")
-def hpsv2_differentiable(cfg: RewardConfig) -> DifferentiableRewardFn:
-    return as_differentiable(_core(cfg), cfg.batch_size)
+register_scorer("hpsv2", _core, check_hpsv2)

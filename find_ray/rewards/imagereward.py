@@ -29,14 +29,8 @@ import torch
 
 from find_ray.config import RewardConfig
 from find_ray.errors import ModelPathError
-from find_ray.rewards.batching import as_differentiable, as_reward
+from find_ray.rewards.batching import register_scorer
 from find_ray.rewards.clip_pixels import clip_pixels
-from find_ray.rewards.registry import (
-    DifferentiableRewardFn,
-    RewardFn,
-    register,
-    register_differentiable,
-)
 from find_ray.rewards.weights import offline, resolve_weights
 
 REPO = "THUDM/ImageReward"
@@ -165,11 +159,4 @@ class ImageReward:
         return self.model(pixels, tokens.input_ids, tokens.attention_mask), {}
 
 
-@register("imagereward", check=check_imagereward)
-def imagereward_reward(cfg: RewardConfig) -> RewardFn:
-    return as_reward(ImageReward(cfg), cfg.batch_size)
-
-
-@register_differentiable("imagereward")
-def imagereward_differentiable(cfg: RewardConfig) -> DifferentiableRewardFn:
-    return as_differentiable(ImageReward(cfg), cfg.batch_size)
+register_scorer("imagereward", ImageReward, check_imagereward)

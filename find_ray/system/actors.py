@@ -40,7 +40,7 @@ STARTUP_TIMEOUT_S = 600.0
 
 # Weights travel as (version, [ObjectRef]): the list keeps Ray from resolving the ref, so an
 # actor fetches the weights only when the version is new to it (one ray.put per version).
-WeightsBox = list[ray.ObjectRef]
+WeightsRef = list[ray.ObjectRef]
 GRID_IMAGES = 8  # images in a TensorBoard rollout thumbnail
 
 
@@ -73,7 +73,7 @@ class RolloutActor:
         return self.backend.latent_shape, self.backend.encode_prompts(self.prompts)
 
     def rollout(
-        self, prompt_ids: list[int], rollout_ids: list[int], version: int, weights: WeightsBox
+        self, prompt_ids: list[int], rollout_ids: list[int], version: int, weights: WeightsRef
     ) -> tuple[int, PackedRollouts, np.ndarray]:
         """(version used, unscored rollouts, images as numpy); the driver reads the version."""
         if version != self.worker.version:
@@ -175,16 +175,16 @@ class LearnerActor:
         self.busy_s += time.perf_counter() - began
         return {"stale": stale, "lags": [version - r.policy_version for r in rollouts]}
 
-    def update(self, publish: bool) -> tuple[dict[str, float], int, WeightsBox | None]:
+    def update(self, publish: bool) -> tuple[dict[str, float], int, WeightsRef | None]:
         """One new version; with `publish`, its weights go to the object store (once)."""
         began = time.perf_counter()
         metrics = self.learner.update()
-        box = self.publish()[1] if publish else None
+        weights_ref = self.publish()[1] if publish else None
         self.busy_s += time.perf_counter() - began
         metrics["learner_busy_s"] = self.busy_s
-        return metrics, self.learner.version, box
+        return metrics, self.learner.version, weights_ref
 
-    def publish(self) -> tuple[int, WeightsBox]:
+    def publish(self) -> tuple[int, WeightsRef]:
         weights, version = self.learner.weights()
         return version, [ray.put(weights)]
 

@@ -46,7 +46,7 @@ LOST = (
     WorkerCrashedError,
 )
 
-Weights = tuple[int, list[ray.ObjectRef]]  # (version, [ref]): see actors.WeightsBox
+Weights = tuple[int, list[ray.ObjectRef]]  # (version, [ref]): see actors.WeightsRef
 
 
 class ActorPools:
