@@ -63,7 +63,7 @@ def cmd_eval(args) -> None:
     from find_ray.eval.evaluate import evaluate
     from find_ray.eval.report import suite_table, write_report
     from find_ray.prompts import load_suite
-    from find_ray.rewards import check_prompts, make_reward
+    from find_ray.rewards import check_prompts, evaluation_reward
 
     cfg = _config(args)
     if args.suite:
@@ -75,7 +75,7 @@ def cmd_eval(args) -> None:
     backend = make_backend(cfg.model)
     results = evaluate(
         backend,
-        make_reward(cfg.reward),
+        evaluation_reward(cfg),
         prompts,
         cfg.eval.samples_per_prompt,
         cfg.eval.seed,

@@ -88,25 +88,48 @@ class ModelConfig:
 
 
 @dataclass
-class RewardConfig:
-    name: str = "shapes"  # a name in find_ray.rewards.REWARDS
+class ScorerConfig:
+    """A scorer of images: a name in find_ray.rewards.REWARDS and where its weights live."""
+
+    key = "reward"  # the config section, for error messages
+    name: str = "shapes"
     weights_path: str = ""  # learned scorers: local file/folder ("": the usual hub name, online)
     model: str = ""  # learned scorers: architecture override, e.g. open_clip "ViT-B-32"
     device: str = "cpu"  # where a learned scorer runs (the reward actors' device)
     dtype: str = "float32"
     batch_size: int = 16  # images per forward pass of a learned scorer
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, f"{self.key}.batch_size", "must be >= 1")
+        dtypes = ("float32", "float16", "bfloat16")
+        _require(self.dtype in dtypes, f"{self.key}.dtype", f"one of {dtypes}, got {self.dtype!r}")
+
+
+@dataclass
+class RewardConfig(ScorerConfig):
+    """The reward FIND maximises."""
+
     fault: str = ""  # chaos testing: "" | nan | raise (see rewards.inject_faults)
     fault_rate: float = 0.0
     fault_seed: int = 0
     noise_std: float = 0.0  # a noisy reward: + N(0, noise_std^2) per score (the sweep's factor)
+    quality_weight: float = 0.0  # train on reward + weight * the eval.quality scorer's score
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _require(self.noise_std >= 0, "reward.noise_std", "must be >= 0")
         _require(self.fault in ("", "nan", "raise"), "reward.fault", "one of '', nan, raise")
         _require(0 <= self.fault_rate <= 1, "reward.fault_rate", "must be in [0, 1]")
-        _require(self.batch_size >= 1, "reward.batch_size", "must be >= 1")
-        dtypes = ("float32", "float16", "bfloat16")
-        _require(self.dtype in dtypes, "reward.dtype", f"one of {dtypes}, got {self.dtype!r}")
+        _require(self.quality_weight >= 0, "reward.quality_weight", "must be >= 0")
+
+
+@dataclass
+class QualityConfig(ScorerConfig):
+    """The image-quality scorer reported beside every gain ("": none): shapes_quality on the
+    shapes world, the LAION aesthetic predictor on SD configs."""
+
+    key = "eval.quality"
+    name: str = "shapes_quality"
 
 
 @dataclass
@@ -116,11 +139,14 @@ class EvalConfig:
     seed: int = 1234  # eval noise is a pure function of (seed, prompt index, sample index)
     batch_size: int = 64
     grid_samples: int = 8  # images per prompt in the PNG grid
+    best_of: int = 1  # each eval sample is the reward's pick of this many (N x the denoiser calls)
     out_dir: str = "runs/eval"
+    quality: QualityConfig = field(default_factory=QualityConfig)
 
     def __post_init__(self) -> None:
         _require(self.samples_per_prompt >= 1, "eval.samples_per_prompt", "must be >= 1")
         _require(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
+        _require(self.best_of >= 1, "eval.best_of", "must be >= 1")
 
 
 @dataclass
@@ -190,6 +216,7 @@ class FindLossConfig:
 
     eps: float = 0.2  # ratio clip range
     reg_weight: float = 0.01  # lambda of mean(mu^2 + (sigma - 1)^2)
+    kl_weight: float = 0.0  # + kl_weight * KL(pi || N(0, I)) per latent element: a pull to pi_0
     surrogate: SurrogateForm = "ppo"  # "ppo": min(rho*A, clip*A); "clamp": FIND's clip(rho)*A
     ratio_reference: RatioReference = "behaviour"  # behaviour policy or pi_0 = N(0, I)
     logp_reduction: Reduction = "mean"  # per-element mean of the log-density (FIND code)
@@ -206,6 +233,12 @@ class PolicyConfig:
     kind: Literal["per_prompt", "amortized"] = "per_prompt"  # amortized: mu, sigma from e_c
     hidden: int = 256  # amortized: MLP width
     grid: int = 8  # amortized: the low-resolution map's size before the learned upsampling
+    # where samples sit relative to the Gaussian shell ||z||^2 = d that the denoiser knows:
+    # none: z = mu + sigma * eps (a mean moves ||z||^2 / d to 1 + ||mu||^2 / d);
+    # project: the action y = mu + sigma * eps is Gaussian (its exact log-prob makes the
+    #   ratio), the denoiser gets z = sqrt(d) y / ||y|| (the projection is the environment's);
+    # tied: sigma = sqrt(1 - ||mu||^2 / d) per prompt, so E ||z||^2 = d, log-prob exact in z
+    shell: Literal["none", "project", "tied"] = "none"
 
     def __post_init__(self) -> None:
         if self.hidden < 1 or self.grid < 1:

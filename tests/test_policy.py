@@ -9,7 +9,7 @@ from torch.distributions import Normal
 
 from find_ray.algo.gaussian import diagonal_gaussian_kl, gaussian_log_prob, initial_log_prob
 from find_ray.algo.policy import PerPromptPolicy
-from find_ray.algo.policy_files import load_policy
+from find_ray.algo.policy_files import load_policy, policy_from_state
 
 SHAPE = (2, 3, 3)
 
@@ -158,3 +158,65 @@ def test_bounds_travel_with_the_weights_and_old_files_load_unbounded(tmp_path):
     old = PerPromptPolicy(2, (3,), sigma_range=(0.5, 2.0))
     old.load_state_dict(legacy)
     assert old.bounds()[1] == math.inf
+
+
+def _shelled(shell: str, seed: int = 6) -> PerPromptPolicy:
+    policy = PerPromptPolicy(2, (3, 8, 8), (0.5, 2.0), shell)
+    with torch.no_grad():
+        policy.mu.copy_(
+            0.7 * torch.randn(policy.mu.shape, generator=torch.Generator().manual_seed(seed))
+        )
+    return policy
+
+
+@pytest.mark.parametrize("shell", ["project", "tied"])
+def test_shell_policies_have_the_exact_gaussian_log_prob(shell):
+    policy = _shelled(shell)
+    ids = torch.tensor([0, 1, 1])
+    y = policy.sample(ids, torch.Generator().manual_seed(1))
+    mu, sigma = policy.mean_std(ids)
+    expected = torch.distributions.Normal(mu, sigma).log_prob(y).flatten(1)
+    torch.testing.assert_close(policy.log_prob(y, ids, "sum"), expected.sum(1))
+    torch.testing.assert_close(policy.log_prob(y, ids), expected.mean(1))
+    if shell == "tied":  # sigma = sqrt(1 - ||mu||^2 / d), one value per prompt
+        d = math.prod(policy.shape)
+        want = (1 - policy.mu.pow(2).flatten(1).sum(1) / d).sqrt()
+        torch.testing.assert_close(sigma.flatten(1)[:, 0], want[ids])
+        assert (sigma == sigma.flatten(1)[:, :1].view(-1, 1, 1, 1)).all()
+
+
+def test_projected_latents_sit_on_the_shell_and_tied_ones_on_average():
+    ids = torch.zeros(4000, dtype=torch.long)
+    eps = torch.randn(4000, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    d = 3 * 8 * 8
+    plain = _shelled("none").noise(ids, eps).pow(2).flatten(1).mean(1)
+    assert plain.mean() > 1.3  # mu of 0.7 per element moves ||z||^2 / d to about 1.49
+    projected = _shelled("project").noise(ids, eps).pow(2).flatten(1).mean(1)
+    torch.testing.assert_close(projected, torch.ones(4000))  # on the shell, every sample
+    tied = _shelled("tied").noise(ids, eps).pow(2).flatten(1).mean(1)
+    # E ||z||^2 / d = 1; the Monte-Carlo error of the mean is about sd / sqrt(n)
+    assert abs(tied.mean().item() - 1) < 4 * tied.std().item() / math.sqrt(4000)
+    assert tied.std().item() < 1.5 * math.sqrt(2 / d)  # and close to it, like N(0, I)
+
+
+def test_a_projected_action_is_the_denoisers_input_only():
+    """The rollout stores the action (its log-prob makes the ratio); the latent is derived."""
+    policy = _shelled("project")
+    ids, eps = torch.tensor([1]), torch.randn(1, 3, 8, 8)
+    action = policy.reparameterise(ids, eps)
+    mu, sigma = policy.mean_std(ids)
+    torch.testing.assert_close(action, mu + sigma * eps)
+    latent = policy.latent(action)
+    torch.testing.assert_close(latent, action * math.sqrt(192) / action.norm())
+
+
+@pytest.mark.parametrize("shell", ["project", "tied"])
+def test_the_shell_setting_travels_with_the_weights(tmp_path, shell):
+    policy = _shelled(shell)
+    policy.save(tmp_path / "p.safetensors")
+    loaded = load_policy(tmp_path / "p.safetensors")
+    assert loaded.shell == shell and policy_from_state(policy.state_dict()).shell == shell
+    eps = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(
+        loaded.noise(torch.arange(2), eps), policy.noise(torch.arange(2), eps)
+    )

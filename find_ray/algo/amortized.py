@@ -46,8 +46,9 @@ class AmortizedNoisePolicy(NoisePolicy):
         hidden: int = 256,
         grid: int = 8,
         learn_sigma: bool = True,
+        shell: str = "none",
     ) -> None:
-        super().__init__(embeddings.shape[0], shape, sigma_range)
+        super().__init__(embeddings.shape[0], shape, sigma_range, shell)
         if len(self.shape) < 2:
             raise ValueError(f"the amortized policy needs a latent with 2 spatial dims: {shape}")
         self.register_buffer("embeddings", embeddings.detach().float().clone())
@@ -76,13 +77,16 @@ class AmortizedNoisePolicy(NoisePolicy):
 
     def mean_std_of(self, embeddings: Tensor) -> tuple[Tensor, Tensor]:
         """(mu, sigma), each (B, *shape), of prompts given by their embeddings (B, E)."""
+        return self.tie(*self._network(embeddings))
+
+    def _network(self, embeddings: Tensor) -> tuple[Tensor, Tensor]:
         b = embeddings.shape[0]
         out = self.net(embeddings.float()).view(b, -1, *self.low)
         mu, raw = self.upsample(out).view(b, 2, *self.shape).unbind(1)
         return mu, bounded_log_sigma(raw * self.learn_sigma, *self.bounds()).exp()
 
-    def mean_std(self, prompt_ids: Tensor) -> tuple[Tensor, Tensor]:
-        return self.mean_std_of(self.embeddings[prompt_ids])
+    def _mean_std(self, prompt_ids: Tensor) -> tuple[Tensor, Tensor]:
+        return self._network(self.embeddings[prompt_ids])
 
     def metadata(self) -> dict[str, str]:
         return {**super().metadata(), "grid": str(max(self.low))}

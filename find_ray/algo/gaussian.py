@@ -28,6 +28,14 @@ def reparameterise(mu: Tensor, sigma: Tensor, eps: Tensor) -> Tensor:
     return mu + sigma * eps
 
 
+def project_to_shell(z: Tensor) -> Tensor:
+    """Each sample of z (B, ...) rescaled to ||z||^2 = d, its dimension: onto the shell where
+    N(0, I) samples concentrate."""
+    flat = z.flatten(1)
+    scale = math.sqrt(flat.shape[1]) / flat.norm(dim=1).clamp_min(1e-12)
+    return z * scale.view(-1, *[1] * (z.dim() - 1))
+
+
 def gaussian_log_prob(
     z: Tensor, mu: Tensor | float, sigma: Tensor | float, reduction: Reduction = "mean"
 ) -> Tensor:

@@ -46,9 +46,9 @@ def make_policy(
     bounds = (learner.sigma_min, learner.sigma_max)
     if cfg.kind == "amortized":
         return AmortizedNoisePolicy(
-            embeddings, latent_shape, bounds, cfg.hidden, cfg.grid, learner.learn_sigma
+            embeddings, latent_shape, bounds, cfg.hidden, cfg.grid, learner.learn_sigma, cfg.shell
         )
-    return PerPromptPolicy(embeddings.shape[0], latent_shape, bounds)
+    return PerPromptPolicy(embeddings.shape[0], latent_shape, bounds, cfg.shell)
 
 
 def natural_gradient_(policy: PerPromptPolicy, reduction: str) -> None:
@@ -190,6 +190,8 @@ class Learner:
         ]
         metrics = advantage_variance_report(held.reward, advantage(pid, held.reward))
         metrics["drcm_mse"] = drcm_mse[-1] if drcm_mse else float("nan")
+        with torch.no_grad():  # where the denoiser's inputs sit: ||z_T||^2 / d
+            metrics["shell_mean"] = self.policy.latent(held.z).pow(2).flatten(1).mean().item()
         return advantage, metrics
 
     def _policy_steps(

@@ -158,7 +158,8 @@ def policy_loss(
     rho = ratio(logp_new, logp_ref)
     pg_loss, clip_fraction = clipped_surrogate(rho, advantage, cfg.eps, cfg.surrogate)
     reg_loss = policy.regulariser(prompt_ids)
-    loss = pg_loss + cfg.reg_weight * reg_loss
+    kl_loss = policy.kl_to_standard_normal(prompt_ids).mean()  # per latent element
+    loss = pg_loss + cfg.reg_weight * reg_loss + cfg.kl_weight * kl_loss
     with torch.no_grad():
         log_rho = logp_new - logp_ref
         approx_kl = ((rho - 1.0) - log_rho).mean()
@@ -166,6 +167,7 @@ def policy_loss(
         "loss": loss.item(),
         "pg_loss": pg_loss.item(),
         "reg_loss": reg_loss.item(),
+        "kl_loss": kl_loss.item(),
         "clip_fraction": clip_fraction.item(),
         "ratio_mean": rho.mean().item(),
         "approx_kl": approx_kl.item(),

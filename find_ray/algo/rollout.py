@@ -76,12 +76,13 @@ class RolloutWorker:
         """
         ids = torch.tensor(prompt_ids)
         eps = normals_by_index(self.policy.shape, rollout_ids, self.seed)
-        z = self.policy.reparameterise(ids, eps)
+        z = self.policy.reparameterise(ids, eps)  # the action: its log-prob makes the ratio
         logp = self.policy.log_prob(z, ids, self.logp_reduction)
+        latents = self.policy.latent(z)  # what the denoiser gets (z, or z on the shell)
         images = torch.cat(
             [
                 self.backend.generate(
-                    z[s : s + self.batch_size],
+                    latents[s : s + self.batch_size],
                     [self.prompts[i] for i in prompt_ids[s : s + self.batch_size]],
                     seed=rollout_ids[s],
                 )

@@ -18,6 +18,7 @@ from find_ray.algo.noise import seeded_normal
 from find_ray.algo.policy import NoisePolicy
 from find_ray.backends import Backend
 from find_ray.config import EvalConfig
+from find_ray.eval.shell import shell_radius
 from find_ray.images import to_uint8
 from find_ray.rewards import RewardFn
 
@@ -27,21 +28,33 @@ NoiseTransform = Callable[[int, torch.Tensor], torch.Tensor]
 
 @dataclass
 class PromptResult:
+    """One policy's k eval samples of one prompt: per-sample figures, grid images, diversity."""
+
     prompt: str
     scores: np.ndarray
     exact: np.ndarray
     colours_present: np.ndarray
     images: list[np.ndarray] = field(repr=False)  # the first grid_samples images
     diversity: float = math.nan  # mean pairwise distance of the k images (see `diversity`)
+    quality: np.ndarray | None = None  # the quality scorer's score per sample (None: no scorer)
+    figures: dict[str, np.ndarray] = field(default_factory=dict)  # the quality scorer's info
+    shell: np.ndarray | None = None  # ||z_T||^2 / d of each sample's initial noise
+    latent_dim: int = 0  # d
 
     def metrics(self) -> dict[str, float]:
-        return {
+        metrics = {
             "mean_score": float(self.scores.mean()),
             "exact": float(self.exact.mean()),
             "colours_present": float(self.colours_present.mean()),
             "best_of_k_exact": float(self.exact.max()),
             "diversity": self.diversity,
         }
+        if self.quality is not None:
+            metrics["quality"] = float(self.quality.mean())
+            metrics.update({k: float(v.mean()) for k, v in self.figures.items()})
+        if self.shell is not None:
+            metrics["shell_mean"] = float(self.shell.mean())
+        return metrics
 
 
 EvalJob = tuple[int, int]  # (prompt index, sample index)
@@ -102,21 +115,19 @@ def grid_rows(batch: list[EvalJob], grid_samples: int) -> list[int]:
     return [row for row, (_, j) in enumerate(batch) if j < grid_samples]
 
 
-def info_value(info: dict, key: str, n: int) -> float:
-    """Row n of a reward's extra metric, NaN when the reward has none (e.g. no "exact")."""
-    return float(info[key][n]) if key in info else math.nan
-
-
 class EvalCollector:
-    """Gathers scored eval batches (in any order) into one PromptResult per prompt."""
+    """Gathers scored eval batches (in any order) into one PromptResult per prompt. With
+    `best_of` N, each group of N consecutive samples of a prompt yields the one the reward
+    scores highest (its figures, image and diversity features)."""
 
-    def __init__(self, prompts: list[str], k: int, grid_samples: int) -> None:
-        self.prompts, self.grid_samples = prompts, grid_samples
-        self.scores = np.zeros((len(prompts), k))
-        self.exact = np.zeros((len(prompts), k))
-        self.colours = np.zeros((len(prompts), k))
+    def __init__(self, prompts: list[str], k: int, grid_samples: int, best_of: int = 1) -> None:
+        self.prompts, self.grid_samples, self.best_of = prompts, grid_samples, best_of
+        self.values: dict[str, np.ndarray] = {}  # per-sample figures, (prompts, k * best_of)
+        self.shape = (len(prompts), k * best_of)
         self.images: dict[EvalJob, np.ndarray] = {}
         self.features: dict[EvalJob, np.ndarray] = {}
+        self.shell: np.ndarray | None = None  # (prompts, k * best_of), set by the caller
+        self.latent_dim = 0
 
     def add(
         self,
@@ -128,26 +139,45 @@ class EvalCollector:
     ) -> None:
         """`thumbnails`: uint8 images of the batch's `grid_rows`, in that order; `features`:
         `diversity_features` of every image of the batch."""
-        for n, (i, j) in enumerate(batch):
-            self.features[i, j] = features[n]
-            self.scores[i, j] = float(scores[n])
-            self.exact[i, j] = info_value(info, "exact", n)
-            self.colours[i, j] = info_value(info, "colours_present", n)
-        for row, image in zip(grid_rows(batch, self.grid_samples), thumbnails, strict=True):
+        figures = {"scores": scores, **info}
+        for key in ("exact", "colours_present"):
+            figures.setdefault(key, torch.full_like(scores, math.nan))
+        for key, value in figures.items():
+            column = self.values.setdefault(key, np.full(self.shape, math.nan))
+            for n, (i, j) in enumerate(batch):
+                column[i, j] = float(value[n])
+        for n, job in enumerate(batch):
+            self.features[job] = features[n]
+        rows = grid_rows(batch, self.grid_samples * self.best_of)
+        for row, image in zip(rows, thumbnails, strict=True):
             self.images[batch[row]] = image
 
+    def chosen(self, i: int) -> list[int]:
+        """Prompt i's samples that stand for it: the best-scored of each group of best_of."""
+        groups = self.values["scores"][i].reshape(-1, self.best_of)
+        return (np.arange(len(groups)) * self.best_of + groups.argmax(1)).tolist()
+
     def results(self) -> list[PromptResult]:
-        return [
-            PromptResult(
-                prompt,
-                self.scores[i],
-                self.exact[i],
-                self.colours[i],
-                [self.images[i, j] for j in range(self.grid_samples) if (i, j) in self.images],
-                diversity(np.stack([self.features[i, j] for j in range(self.scores.shape[1])])),
+        results = []
+        for i, prompt in enumerate(self.prompts):
+            pick = self.chosen(i)
+            v = {key: column[i, pick] for key, column in self.values.items()}
+            quality = v.get("quality")
+            results.append(
+                PromptResult(
+                    prompt,
+                    v["scores"],
+                    v["exact"],
+                    v["colours_present"],
+                    [self.images[i, j] for j in pick[: self.grid_samples] if (i, j) in self.images],
+                    diversity(np.stack([self.features[i, j] for j in pick])),
+                    quality,
+                    {k[8:]: x for k, x in v.items() if k.startswith("quality/")},
+                    None if self.shell is None else self.shell[i, pick],
+                    self.latent_dim,
+                )
             )
-            for i, prompt in enumerate(self.prompts)
-        ]
+        return results
 
 
 def score_eval_batch(
@@ -166,18 +196,33 @@ def score_plan(
     images_of: Callable[[int, list[EvalJob]], torch.Tensor],
     batch_size: int = 64,
     grid_samples: int = 8,
+    best_of: int = 1,
+    shell: tuple[np.ndarray, int] | None = None,
 ) -> list[PromptResult]:
-    """Scores the eval plan (k samples per prompt, batched across prompts) batch by batch;
-    `images_of(n, batch)` gives batch n's images."""
-    collector = EvalCollector(prompts, k, grid_samples)
-    batches = eval_batches(len(prompts), k, batch_size)
+    """Scores the eval plan (k * best_of samples per prompt, batched across prompts) batch by
+    batch; `images_of(n, batch)` gives batch n's images; `shell` the samples' ||z||^2 / d
+    (prompts, k * best_of) and d (`eval_shell`)."""
+    collector = EvalCollector(prompts, k, grid_samples, best_of)
+    if shell is not None:
+        collector.shell, collector.latent_dim = shell
+    batches = eval_batches(len(prompts), k * best_of, batch_size)
     for n, batch in enumerate(tqdm(batches, desc="eval", unit="batch")):
         batch_prompts = [prompts[i] for i, _ in batch]
-        scored = score_eval_batch(
-            reward, images_of(n, batch), batch_prompts, grid_rows(batch, grid_samples)
-        )
-        collector.add(batch, *scored)
+        rows = grid_rows(batch, grid_samples * best_of)
+        collector.add(batch, *score_eval_batch(reward, images_of(n, batch), batch_prompts, rows))
     return collector.results()
+
+
+def eval_shell(
+    shape: tuple[int, ...], prompts: int, k: int, seed: int, transform: NoiseTransform | None
+) -> tuple[np.ndarray, int]:
+    """||z||^2 / d of every eval noise, (prompts, k), and d: the base's eps, or the latents a
+    policy makes of them."""
+    rows = []
+    for i in range(prompts):
+        eps = seeded_normal((k, *shape), seed, i)
+        rows.append(shell_radius(transform(i, eps) if transform is not None else eps))
+    return np.stack(rows), math.prod(shape)
 
 
 def evaluate(
@@ -189,21 +234,26 @@ def evaluate(
     batch_size: int = 64,
     grid_samples: int = 8,
     transform: NoiseTransform | None = None,
+    best_of: int = 1,
 ) -> list[PromptResult]:
-    """Samples k images per prompt (batched across prompts) and scores them."""
+    """Samples k images per prompt (batched across prompts) and scores them; with `best_of` N,
+    each of the k is the reward's pick of N samples (N times the denoiser calls)."""
+    n = k * best_of
 
-    def images_of(n: int, batch: list[EvalJob]) -> torch.Tensor:
-        return sample_eval_batch(backend, prompts, batch, n, k, seed, batch_size, transform)
+    def images_of(b: int, batch: list[EvalJob]) -> torch.Tensor:
+        return sample_eval_batch(backend, prompts, batch, b, n, seed, batch_size, transform)
 
-    return score_plan(reward, prompts, k, images_of, batch_size, grid_samples)
+    shell = eval_shell(backend.latent_shape, len(prompts), n, seed, transform)
+    return score_plan(reward, prompts, k, images_of, batch_size, grid_samples, best_of, shell)
 
 
 def policy_transform(policy: NoisePolicy) -> NoiseTransform:
-    """Maps eval noise eps to z = mu_c + sigma_c * eps (reparameterised: paired with the base)."""
+    """Maps eval noise eps to the policy's latent for it (`NoisePolicy.noise`): paired with the
+    base, which gets eps itself."""
 
     @torch.no_grad()
     def transform(prompt_index: int, eps: torch.Tensor) -> torch.Tensor:
-        return policy.reparameterise(torch.tensor([prompt_index]), eps)
+        return policy.noise(torch.tensor([prompt_index]), eps)
 
     return transform
 
@@ -218,4 +268,4 @@ def evaluate_policy(
     """The eval suite under a trained policy (None: the base N(0, I)), on the eval seeds."""
     transform = policy_transform(policy) if policy is not None else None
     run = (cfg.samples_per_prompt, cfg.seed, cfg.batch_size, cfg.grid_samples)
-    return evaluate(backend, reward, prompts, *run, transform=transform)
+    return evaluate(backend, reward, prompts, *run, transform=transform, best_of=cfg.best_of)

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from find_ray.config import FindRayConfig
+from find_ray.config import EvalConfig, FindRayConfig
 from find_ray.eval.evaluate import PromptResult
+from find_ray.eval.shell import shell_summary
 from find_ray.eval.stats import paired_bootstrap_ci
 from find_ray.images import image_grid, stack
 
@@ -130,6 +131,53 @@ def mean_diversity(before: list[PromptResult], after: list[PromptResult]) -> dic
 MEANS = ("score_before", "score_after", "exact_before", "exact_after")
 
 
+def quality_and_shell(before: list[PromptResult], after: list[PromptResult]) -> dict:
+    """Image quality (the quality scorer's score and figures: base, trained, the paired gain
+    with its CI, the relative change) and where the initial noises sit on the Gaussian shell,
+    each for base and trained policy on the same eval noise."""
+    out: dict = {}
+    if before[0].quality is not None and after[0].quality is not None:
+        rows = {"quality": ([r.quality for r in before], [r.quality for r in after])}
+        for key in before[0].figures:
+            rows[key] = ([r.figures[key] for r in before], [r.figures[key] for r in after])
+        for key, (b, a) in rows.items():
+            base, trained = float(np.mean(b)), float(np.mean(a))
+            gain, low, high = paired_bootstrap_ci(np.stack(b), np.stack(a))
+            relative = trained / base - 1 if base else math.nan
+            out[key] = {"base": base, "trained": trained, "gain": gain, "low": low, "high": high}
+            out[key]["relative"] = relative
+    if before[0].shell is not None and after[0].shell is not None:
+        d = before[0].latent_dim
+        out["shell"] = {
+            "base": shell_summary(np.concatenate([r.shell for r in before]), d),
+            "trained": shell_summary(np.concatenate([r.shell for r in after]), d),
+            "d": d,
+        }
+    return out
+
+
+SHELL_ROWS = {
+    "shell_mean": "‖z_T‖² / d, mean",
+    "shell_outside_99": "off the shell (outside χ²_d's central 99 %)",
+}
+
+
+def quality_table(figures: dict) -> list[str]:
+    """The report's quality-and-shell table (`quality_and_shell`); no lines when it is empty."""
+    rows = []
+    for name, f in figures.items():
+        if name != "shell":
+            change = ci_cell(f["gain"], f["low"], f["high"], "+.4f")
+            rows.append([name, fmt(f["base"], ".4f"), fmt(f["trained"], ".4f"), change])
+            rows[-1].append(fmt(100 * f["relative"], "+.1f"))
+    if "shell" in figures:
+        base, trained = figures["shell"]["base"], figures["shell"]["trained"]
+        for key, label in SHELL_ROWS.items():
+            rows.append([label, fmt(base[key], ".4f"), fmt(trained[key], ".4f"), "", ""])
+    header = ["quality and shell", "base", "trained", "change [95 % CI]", "relative %"]
+    return md_table(header, rows, "lrrlr") if rows else []
+
+
 def before_after_table(before: list[PromptResult], after: list[PromptResult]) -> list[str]:
     """Per-prompt score and exact match of base and trained policy, and the suite means."""
     header = ["prompt", "score before", "score after", "exact before", "exact after"]
@@ -156,6 +204,20 @@ def suite_means(before: list[PromptResult], after: list[PromptResult]) -> list[f
     ]
 
 
+def gain_lines(gains: Gains, diversity: dict[str, float], e: EvalConfig) -> list[str]:
+    """The gains with their paired bootstrap CIs and the diversity of both policies."""
+    lines = []
+    for metric, (gain, low, high) in gains.items():
+        ci = f"[{low:+.3f}, {high:+.3f}]"
+        lines.append(f"\n**{metric} gain**: {gain:+.3f} (95 % paired bootstrap CI {ci})")
+    lines.append(
+        f"\n**Diversity** (mean pairwise RMS distance of a prompt's {e.samples_per_prompt} "
+        f"images): base {diversity['base']:.3f}, trained {diversity['trained']:.3f}, "
+        f"ratio {diversity['ratio']:.2f}"
+    )
+    return lines
+
+
 def write_find_report(
     cfg: FindRayConfig,
     prompts: list[str],
@@ -179,29 +241,18 @@ def write_find_report(
         f"{cfg.train.samples_per_prompt} samples per prompt; evaluated with "
         f"{e.samples_per_prompt} samples per prompt on seed {e.seed} (same noise before/after).",
     ]
-    lines = [*header, "", *before_after_table(before, after)]
-    for metric, (gain, low, high) in gains.items():
-        ci = f"[{low:+.3f}, {high:+.3f}]"
-        lines.append(f"\n**{metric} gain**: {gain:+.3f} (95 % paired bootstrap CI {ci})")
-    lines.append(
-        f"\n**Diversity** (mean pairwise RMS distance of a prompt's {e.samples_per_prompt} "
-        f"images): base {diversity['base']:.3f}, trained {diversity['trained']:.3f}, "
-        f"ratio {diversity['ratio']:.2f}"
-    )
-    lines += [
-        *sections,
-        "",
-        "Top: base policy; bottom: trained policy.",
-        "",
-        "![](before_after.png)",
-        "",
-    ]
+    figures = quality_and_shell(before, after)
+    lines = [*header, "", *before_after_table(before, after), *gain_lines(gains, diversity, e)]
+    lines += ["", *quality_table(figures)] if figures else []
+    lines += [*sections, "", "Top: base policy; bottom: trained policy."]
+    lines += ["", "![](before_after.png)", ""]
     (out / "report.md").write_text("\n".join(lines))
     means = suite_means(before, after)
     metrics = {
         "gains": {m: dict(zip(("gain", "low", "high"), g, strict=True)) for m, g in gains.items()},
         "means": dict(zip(MEANS, means, strict=True)),
         "diversity": diversity,
+        "quality": figures,
         "eval": asdict(e),
         "prompts": prompts,
     }

@@ -39,7 +39,7 @@ from find_ray.eval.evaluate import PromptResult, evaluate_policy
 from find_ray.eval.report import ci_cell, md_table, write_json
 from find_ray.eval.stats import expected_best_of
 from find_ray.prompts import load_suite, train_prompts
-from find_ray.rewards import make_reward
+from find_ray.rewards import evaluation_reward
 from find_ray.runs.folder import finished_with
 
 RESULTS = Path("benchmarks/results") / "alignment"
@@ -74,7 +74,7 @@ def cached_base(cfg: FindRayConfig, prompts: list[str], path: Path) -> list[Prom
         cached = pickle.loads(path.read_bytes())
         if cached["key"] == key:
             return cached["results"]
-    results = evaluate_policy(make_backend(cfg.model), make_reward(cfg.reward), prompts, cfg.eval)
+    results = evaluate_policy(make_backend(cfg.model), evaluation_reward(cfg), prompts, cfg.eval)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(pickle.dumps({"key": key, "results": results}))
     return results

@@ -16,7 +16,7 @@ import random
 
 import torch
 
-from find_ray.config import RewardConfig
+from find_ray.config import FindRayConfig, RewardConfig, ScorerConfig
 from find_ray.errors import ConfigError
 from find_ray.rewards.registry import (
     CHECKS,
@@ -27,27 +27,71 @@ from find_ray.rewards.registry import (
 )
 
 
-def _known(cfg: RewardConfig) -> None:
+def _known(cfg: ScorerConfig) -> None:
     if cfg.name not in REWARDS:
         raise ConfigError(
-            f"config key 'reward.name': unknown reward {cfg.name!r}; "
+            f"config key '{cfg.key}.name': unknown scorer {cfg.name!r}; "
             f"known: {', '.join(sorted(REWARDS))}"
         )
 
 
-def check_reward(cfg: RewardConfig) -> None:
-    """Raises a one-line error for an unknown reward or missing weights; loads nothing."""
+def check_reward(cfg: ScorerConfig) -> None:
+    """Raises a one-line error for an unknown scorer or missing weights; loads nothing."""
     _known(cfg)
     if cfg.name in CHECKS:
         CHECKS[cfg.name](cfg)
 
 
-def make_reward(cfg: RewardConfig) -> RewardFn:
+def check_scorers(cfg: FindRayConfig) -> None:
+    """`check_reward` for the reward and, when one is set, the quality scorer."""
+    check_reward(cfg.reward)
+    if cfg.eval.quality.name:
+        check_reward(cfg.eval.quality)
+
+
+def make_scorer(cfg: ScorerConfig) -> RewardFn:
+    """The scorer `cfg.name` names, videos scored frame by frame."""
     _known(cfg)
-    reward = frame_averaged(REWARDS[cfg.name](cfg))
+    return frame_averaged(REWARDS[cfg.name](cfg))
+
+
+def make_reward(cfg: RewardConfig) -> RewardFn:
+    """The reward, with the configured noise and injected faults."""
+    reward = make_scorer(cfg)
     if cfg.noise_std > 0:
         reward = with_noise(reward, cfg.noise_std, cfg.fault_seed)
     return inject_faults(reward, cfg.fault, cfg.fault_rate, cfg.fault_seed) if cfg.fault else reward
+
+
+def with_quality(reward: RewardFn, quality: RewardFn, weight: float = 0.0) -> RewardFn:
+    """`reward` with the quality scorer's score in info["quality"] and its figures as
+    "quality/<name>"; with `weight` > 0 the score is reward + weight * quality."""
+
+    def score(images: torch.Tensor, prompts: list[str]):
+        scores, info = reward(images, prompts)
+        q, q_info = quality(images, prompts)
+        info = {**info, "quality": q, **{f"quality/{k}": v for k, v in q_info.items()}}
+        return (scores + weight * q if weight > 0 else scores), info
+
+    return score
+
+
+def training_reward(cfg: FindRayConfig) -> RewardFn:
+    """What the rollouts are scored by: the reward, plus `reward.quality_weight` times the
+    quality scorer's score when that weight is set."""
+    reward = make_reward(cfg.reward)
+    if cfg.reward.quality_weight > 0:
+        if not cfg.eval.quality.name:
+            raise ConfigError("config key 'reward.quality_weight': needs eval.quality.name")
+        return with_quality(reward, make_scorer(cfg.eval.quality), cfg.reward.quality_weight)
+    return reward
+
+
+def evaluation_reward(cfg: FindRayConfig) -> RewardFn:
+    """What evaluation scores by: the reward alone (never its quality term), with the quality
+    scorer's figures beside it when one is set."""
+    reward = make_reward(cfg.reward)
+    return with_quality(reward, make_scorer(cfg.eval.quality)) if cfg.eval.quality.name else reward
 
 
 def make_differentiable_reward(cfg: RewardConfig) -> DifferentiableRewardFn:
@@ -106,7 +150,7 @@ def inject_faults(reward: RewardFn, fault: str, rate: float, seed: int) -> Rewar
     return faulty
 
 
-def check_prompts(cfg: RewardConfig, prompts: list[str]) -> None:
+def check_prompts(cfg: ScorerConfig, prompts: list[str]) -> None:
     """Raises PromptError for a prompt the reward cannot score (before anything is loaded)."""
     if cfg.name == "shapes":
         from find_ray.shapes.captions import parse_caption

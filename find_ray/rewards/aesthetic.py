@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from find_ray.config import RewardConfig
+from find_ray.config import ScorerConfig
 from find_ray.errors import ModelPathError
 from find_ray.rewards.batching import Core, register_scorer
 from find_ray.rewards.open_clip_model import OpenClip, check_architecture, check_tag, load_for
@@ -60,7 +60,7 @@ class AestheticHead(nn.Module):
         return self.layers(embeds).squeeze(-1)
 
 
-def backbone(cfg: RewardConfig) -> tuple[str, str]:
+def backbone(cfg: ScorerConfig) -> tuple[str, str]:
     """(architecture, checkpoint file or "openai") from `reward.model`; one-line errors."""
     arch, _, file = (cfg.model or ARCH).partition(":")
     arch = check_architecture(arch)
@@ -81,7 +81,7 @@ def backbone(cfg: RewardConfig) -> tuple[str, str]:
     return arch, TAG
 
 
-def check_aesthetic(cfg: RewardConfig) -> None:
+def check_aesthetic(cfg: ScorerConfig) -> None:
     resolve_weights(cfg, HEAD_URL, HOW)
     backbone(cfg)
 
@@ -113,7 +113,7 @@ def aesthetic_core(clip: OpenClip, head: AestheticHead) -> Core:
     return core
 
 
-def _core(cfg: RewardConfig) -> Core:
+def _core(cfg: ScorerConfig) -> Core:
     source = resolve_weights(cfg, HEAD_URL, HOW)
     clip = load_for(cfg, *backbone(cfg))
     head = load_head(source, clip.embed_dim).to(clip.device, clip.dtype).eval()

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from find_ray.config import RewardConfig
+from find_ray.config import ScorerConfig
 from find_ray.rewards.registry import (
     DifferentiableRewardFn,
     RewardFn,
@@ -58,7 +58,7 @@ def as_differentiable(core: Core, batch_size: int) -> DifferentiableRewardFn:
 
 
 def register_scorer(
-    name: str, core: Callable[[RewardConfig], Core], check: Callable[[RewardConfig], None]
+    name: str, core: Callable[[ScorerConfig], Core], check: Callable[[ScorerConfig], None]
 ) -> None:
     """Registers a learned scorer under `name`: `core(cfg)` builds it, batched by
     `reward.batch_size` as a reward and as its differentiable form; `check` validates its

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from find_ray.config import RewardConfig
+from find_ray.config import ScorerConfig
 from find_ray.rewards.batching import Core, register_scorer
 from find_ray.rewards.open_clip_model import OpenClip, check_tag, clip_weights, load_for
 
@@ -26,7 +26,7 @@ HOW = (
 )
 
 
-def clip_model_weights(cfg: RewardConfig) -> tuple[str, str]:
+def clip_model_weights(cfg: ScorerConfig) -> tuple[str, str]:
     """(architecture, checkpoint file or "openai"); one-line errors, loads nothing."""
     arch, weights = clip_weights(cfg, ARCH, TAG, HOW)
     if not cfg.weights_path:
@@ -34,7 +34,7 @@ def clip_model_weights(cfg: RewardConfig) -> tuple[str, str]:
     return arch, weights
 
 
-def check_clipscore(cfg: RewardConfig) -> None:
+def check_clipscore(cfg: ScorerConfig) -> None:
     clip_model_weights(cfg)
 
 
@@ -46,7 +46,7 @@ def clipscore_core(clip: OpenClip) -> Core:
     return core
 
 
-def _core(cfg: RewardConfig) -> Core:
+def _core(cfg: ScorerConfig) -> Core:
     return clipscore_core(load_for(cfg, *clip_model_weights(cfg)))
 
 

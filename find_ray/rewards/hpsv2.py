@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from find_ray.config import RewardConfig
+from find_ray.config import ScorerConfig
 from find_ray.rewards.batching import Core, register_scorer
 from find_ray.rewards.open_clip_model import OpenClip, clip_weights, load_for
 
@@ -29,12 +29,12 @@ HOW = (
 )
 
 
-def checkpoint(cfg: RewardConfig) -> tuple[str, str]:
+def checkpoint(cfg: ScorerConfig) -> tuple[str, str]:
     """(architecture, checkpoint file or the hub default); one-line errors, loads nothing."""
     return clip_weights(cfg, ARCH, f"{REPO}/{FILE}", HOW)
 
 
-def check_hpsv2(cfg: RewardConfig) -> None:
+def check_hpsv2(cfg: ScorerConfig) -> None:
     checkpoint(cfg)
 
 
@@ -54,7 +54,7 @@ def hpsv2_core(clip: OpenClip) -> Core:
     return core
 
 
-def _core(cfg: RewardConfig) -> Core:
+def _core(cfg: ScorerConfig) -> Core:
     arch, path = checkpoint(cfg)
     if not cfg.weights_path:
         from huggingface_hub import hf_hub_download

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from find_ray.config import RewardConfig
+from find_ray.config import ScorerConfig
 from find_ray.errors import ModelPathError
 from find_ray.rewards.batching import register_scorer
 from find_ray.rewards.clip_pixels import clip_pixels
@@ -45,7 +45,7 @@ HOW = (
 )
 
 
-def _folder_files(cfg: RewardConfig, path: Path) -> tuple[Path, Path | None]:
+def _folder_files(cfg: ScorerConfig, path: Path) -> tuple[Path, Path | None]:
     """(ImageReward.pt, med_config.json or None) inside a weights folder, or a file itself."""
     checkpoint = path / CHECKPOINT if path.is_dir() else path
     if not checkpoint.is_file():
@@ -56,7 +56,7 @@ def _folder_files(cfg: RewardConfig, path: Path) -> tuple[Path, Path | None]:
     return checkpoint, med if med.is_file() else None
 
 
-def sources(cfg: RewardConfig) -> tuple[Path | None, Path | None, str]:
+def sources(cfg: ScorerConfig) -> tuple[Path | None, Path | None, str]:
     """(checkpoint, med_config, tokenizer); checkpoint None means the hub (online). One-line
     ModelPathError if unusable. Loads nothing."""
     resolve_weights(cfg, REPO, HOW)
@@ -80,7 +80,7 @@ def sources(cfg: RewardConfig) -> tuple[Path | None, Path | None, str]:
     return checkpoint, med, TOKENIZER
 
 
-def check_imagereward(cfg: RewardConfig) -> None:
+def check_imagereward(cfg: ScorerConfig) -> None:
     sources(cfg)
 
 
@@ -136,7 +136,7 @@ class ImageReward:
     """The scorer core: a chunk of (B, 3, H, W) in [0, 1] and prompts -> ((B,) scores, {}),
     differentiable in the images (the model itself is frozen); `batching` chunks and places."""
 
-    def __init__(self, cfg: RewardConfig):
+    def __init__(self, cfg: ScorerConfig):
         checkpoint, med, tokenizer = sources(cfg)
         if checkpoint is None:
             checkpoint, med = _download()

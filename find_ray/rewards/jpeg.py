@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from find_ray.config import RewardConfig
+from find_ray.config import ScorerConfig
 from find_ray.images import to_uint8
 from find_ray.rewards.registry import RewardFn, register
 
@@ -38,10 +38,10 @@ def _jpeg_reward(sign: float) -> RewardFn:
 
 
 @register("jpeg_compressibility")
-def jpeg_compressibility(cfg: RewardConfig) -> RewardFn:
+def jpeg_compressibility(cfg: ScorerConfig) -> RewardFn:
     return _jpeg_reward(-1.0)
 
 
 @register("jpeg_incompressibility")
-def jpeg_incompressibility(cfg: RewardConfig) -> RewardFn:
+def jpeg_incompressibility(cfg: ScorerConfig) -> RewardFn:
     return _jpeg_reward(1.0)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from find_ray.config import RewardConfig
+from find_ray.config import ScorerConfig
 from find_ray.errors import ConfigError, ModelPathError
 from find_ray.rewards.clip_pixels import clip_pixels
 from find_ray.rewards.weights import resolve_weights
@@ -50,7 +50,7 @@ def check_architecture(arch: str) -> str:
     return arch
 
 
-def clip_weights(cfg: RewardConfig, arch: str, default: str, how: str) -> tuple[str, str]:
+def clip_weights(cfg: ScorerConfig, arch: str, default: str, how: str) -> tuple[str, str]:
     """(architecture: `reward.model` or `arch`, weights: `reward.weights_path` or `default`);
     one-line ConfigError / ModelPathError when unusable. Loads nothing."""
     return check_architecture(cfg.model or arch), resolve_weights(cfg, default, how)
@@ -120,6 +120,6 @@ def load_open_clip(arch: str, pretrained: str, device: str, dtype: torch.dtype) 
     return OpenClip(model, open_clip.get_tokenizer(arch), device, dtype)
 
 
-def load_for(cfg: RewardConfig, arch: str, pretrained: str) -> OpenClip:
+def load_for(cfg: ScorerConfig, arch: str, pretrained: str) -> OpenClip:
     """`load_open_clip` on the reward's device and dtype."""
     return load_open_clip(arch, pretrained, cfg.device, getattr(torch, cfg.dtype))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from find_ray.config import RewardConfig
+from find_ray.config import ScorerConfig
 from find_ray.errors import ModelPathError
 from find_ray.rewards.clip_pixels import clip_pixels
 from find_ray.rewards.registry import RewardFn, register, register_differentiable
@@ -37,7 +37,7 @@ HOW = (
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 
 
-def sources(cfg: RewardConfig) -> tuple[str, str]:
+def sources(cfg: ScorerConfig) -> tuple[str, str]:
     """(model, tokenizer) folders or hub ids; one-line ModelPathError if unusable. Loads nothing."""
     model = resolve_weights(cfg, MODEL, HOW)
     if cfg.model:
@@ -63,7 +63,7 @@ def sources(cfg: RewardConfig) -> tuple[str, str]:
     return model, str(folder)
 
 
-def check_pickscore(cfg: RewardConfig) -> None:
+def check_pickscore(cfg: ScorerConfig) -> None:
     sources(cfg)
 
 
@@ -78,7 +78,7 @@ class PickScore:
     """Differentiable PickScore: (B, 3, H, W) in [0, 1] and prompts -> (B,) scores, batched by
     `cfg.batch_size`; gradients flow to the images (the model itself is frozen)."""
 
-    def __init__(self, cfg: RewardConfig):
+    def __init__(self, cfg: ScorerConfig):
         from transformers import AutoTokenizer, CLIPModel
 
         model_source, tokenizer_source = sources(cfg)
@@ -125,12 +125,12 @@ class PickScore:
 
 
 @register_differentiable("pickscore")
-def pickscore_differentiable(cfg: RewardConfig) -> PickScore:
+def pickscore_differentiable(cfg: ScorerConfig) -> PickScore:
     return PickScore(cfg)
 
 
 @register("pickscore", check=check_pickscore)
-def pickscore_reward(cfg: RewardConfig) -> RewardFn:
+def pickscore_reward(cfg: ScorerConfig) -> RewardFn:
     scorer = PickScore(cfg)
 
     @torch.no_grad()

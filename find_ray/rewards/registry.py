@@ -7,19 +7,19 @@ from collections.abc import Callable
 
 import torch
 
-from find_ray.config import RewardConfig
+from find_ray.config import ScorerConfig
 
 RewardFn = Callable[[torch.Tensor, list[str]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 DifferentiableRewardFn = Callable[[torch.Tensor, list[str]], torch.Tensor]
-REWARDS: dict[str, Callable[[RewardConfig], RewardFn]] = {}
-DIFFERENTIABLE: dict[str, Callable[[RewardConfig], DifferentiableRewardFn]] = {}
-CHECKS: dict[str, Callable[[RewardConfig], None]] = {}
+REWARDS: dict[str, Callable[[ScorerConfig], RewardFn]] = {}
+DIFFERENTIABLE: dict[str, Callable[[ScorerConfig], DifferentiableRewardFn]] = {}
+CHECKS: dict[str, Callable[[ScorerConfig], None]] = {}
 
 
-def register(name: str, check: Callable[[RewardConfig], None] | None = None):
+def register(name: str, check: Callable[[ScorerConfig], None] | None = None):
     """Registers a reward factory under `name`; `check(cfg)` validates its weights cheaply."""
 
-    def wrap(factory: Callable[[RewardConfig], RewardFn]):
+    def wrap(factory: Callable[[ScorerConfig], RewardFn]):
         REWARDS[name] = factory
         if check is not None:
             CHECKS[name] = check
@@ -31,7 +31,7 @@ def register(name: str, check: Callable[[RewardConfig], None] | None = None):
 def register_differentiable(name: str):
     """Registers the differentiable form of reward `name`."""
 
-    def wrap(factory: Callable[[RewardConfig], DifferentiableRewardFn]):
+    def wrap(factory: Callable[[ScorerConfig], DifferentiableRewardFn]):
         DIFFERENTIABLE[name] = factory
         return factory
 

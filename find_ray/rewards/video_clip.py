@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from find_ray.config import RewardConfig
+from find_ray.config import ScorerConfig
 from find_ray.rewards.batching import Core, as_differentiable, as_reward
 from find_ray.rewards.clipscore import clip_model_weights
 from find_ray.rewards.open_clip_model import OpenClip, load_for
@@ -25,7 +25,7 @@ from find_ray.rewards.registry import (
 )
 
 
-def check_video_clip(cfg: RewardConfig) -> None:
+def check_video_clip(cfg: ScorerConfig) -> None:
     clip_model_weights(cfg)
 
 
@@ -44,17 +44,17 @@ def video_clip_core(clip: OpenClip, batch_size: int) -> Core:
     return core
 
 
-def _core(cfg: RewardConfig) -> Core:
+def _core(cfg: ScorerConfig) -> Core:
     return video_clip_core(load_for(cfg, *clip_model_weights(cfg)), cfg.batch_size)
 
 
 @register("video_clip", check=check_video_clip)
-def video_clip_reward(cfg: RewardConfig) -> RewardFn:
+def video_clip_reward(cfg: ScorerConfig) -> RewardFn:
     score = as_reward(_core(cfg), cfg.batch_size)
     score.takes_videos = True
     return score
 
 
 @register_differentiable("video_clip")
-def video_clip_differentiable(cfg: RewardConfig) -> DifferentiableRewardFn:
+def video_clip_differentiable(cfg: ScorerConfig) -> DifferentiableRewardFn:
     return as_differentiable(_core(cfg), cfg.batch_size)

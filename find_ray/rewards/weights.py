@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from find_ray.config import RewardConfig
+from find_ray.config import ScorerConfig
 from find_ray.errors import ModelPathError
 
 
@@ -17,7 +17,7 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
 
 
-def resolve_weights(cfg: RewardConfig, default: str, how: str) -> str:
+def resolve_weights(cfg: ScorerConfig, default: str, how: str) -> str:
     """`cfg.weights_path` when set (it must exist), else `default` (a hub id or file name).
 
     `how` tells the user how to get the weights, e.g. "huggingface-cli download yuvalkirstain/
@@ -27,12 +27,12 @@ def resolve_weights(cfg: RewardConfig, default: str, how: str) -> str:
         path = Path(cfg.weights_path).expanduser()
         if not path.exists():
             raise ModelPathError(
-                f"reward {cfg.name!r}: no weights at {path} (reward.weights_path); {how}"
+                f"{cfg.key} {cfg.name!r}: no weights at {path} ({cfg.key}.weights_path); {how}"
             )
         return str(path)
     if offline():
         raise ModelPathError(
-            f"reward {cfg.name!r}: reward.weights_path is empty and the hub is offline "
+            f"{cfg.key} {cfg.name!r}: {cfg.key}.weights_path is empty and the hub is offline "
             f"(HF_HUB_OFFLINE) so {default} cannot be fetched; {how}"
         )
     return default

@@ -24,7 +24,7 @@ from find_ray.algo.policy_files import load_policy, read_policy_metadata
 from find_ray.config import FindRayConfig, load_config, to_yaml
 from find_ray.errors import FindRayError, ModelPathError
 from find_ray.eval.evaluate import PromptResult
-from find_ray.eval.report import Gains, suite_grid, write_find_report
+from find_ray.eval.report import Gains, quality_and_shell, suite_grid, write_find_report
 from find_ray.images import stack
 from find_ray.runs.logger import RunLogger
 
@@ -62,6 +62,7 @@ def finish_run(
     out, (before, after) = Path(cfg.train.out_dir), results
     policy.save(out / "policy.safetensors", version, prompts)
     report, gains = write_find_report(cfg, prompts, before, after, out, sections, extra)
+    logger.eval_figures(quality_and_shell(before, after), version)
     for p, (b, a) in enumerate(zip(before, after, strict=True)):
         grid = stack([suite_grid([b]), suite_grid([a])]).convert("RGB")
         logger.image(f"before_after/p{p:02d}", np.asarray(grid), version)

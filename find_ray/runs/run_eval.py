@@ -17,7 +17,7 @@ from find_ray.config import FindRayConfig, load_config
 from find_ray.eval.evaluate import NoiseTransform, PromptResult, evaluate, evaluate_policy
 from find_ray.eval.report import write_find_report
 from find_ray.prompts import load_suite, train_prompts
-from find_ray.rewards import check_prompts, make_reward
+from find_ray.rewards import check_prompts, evaluation_reward
 from find_ray.runs.folder import RunPolicy, load_run_policy, read_run_config
 
 
@@ -35,7 +35,7 @@ def run_transform(
     def transform(prompt_index: int, eps: torch.Tensor) -> torch.Tensor:
         if prompt_index not in params:
             return eps
-        return reparameterise(*params[prompt_index], eps)
+        return run.policy.latent(reparameterise(*params[prompt_index], eps))
 
     return transform, params
 
@@ -58,7 +58,7 @@ def evaluate_run(
     check_prompts(cfg.reward, prompts)
     run = load_run_policy(run_dir, trained_on)
     backend = make_backend(cfg.model)
-    reward = make_reward(cfg.reward)
+    reward = evaluation_reward(cfg)
     transform, params = run_transform(run, prompts, backend.encode_prompts)
     base_only = [p for i, p in enumerate(prompts) if i not in params]
     if base_only:

@@ -19,7 +19,7 @@ from find_ray.backends import Backend, denoiser_calls, make_backend
 from find_ray.config import RewardConfig
 from find_ray.errors import FindRayError
 from find_ray.prompts import train_prompts
-from find_ray.rewards import RewardFn, check_prompts, make_reward
+from find_ray.rewards import RewardFn, check_prompts, evaluation_reward
 from find_ray.runs.folder import RunPolicy, load_run_policy, read_run_config
 from find_ray.serve.schema import RequestError
 
@@ -103,7 +103,7 @@ class AlignedGenerator:
                 f"latent {self.backend.latent_shape}"
             )
         self.score = self.cfg.reward.name in CHEAP_REWARDS if score is None else score
-        self.reward: RewardFn | None = make_reward(self.cfg.reward) if self.score else None
+        self.reward: RewardFn | None = evaluation_reward(self.cfg) if self.score else None
 
     @property
     def version(self) -> int:
@@ -130,7 +130,8 @@ class AlignedGenerator:
         eps = normals_by_index(self.backend.latent_shape, range(job.seed, job.seed + job.n))
         if job.policy == "base":
             return eps
-        return reparameterise(*run.mean_std([job.prompt], self.backend.encode_prompts), eps)
+        action = reparameterise(*run.mean_std([job.prompt], self.backend.encode_prompts), eps)
+        return run.policy.latent(action)
 
     def generate(self, jobs: list[Job]) -> list[JobResult]:
         """All jobs, one pipeline call per group of equal sampler settings."""

@@ -29,11 +29,10 @@ from find_ray.config import (
     ModelConfig,
     PolicyConfig,
     Reduction,
-    RewardConfig,
 )
 from find_ray.eval.evaluate import EvalJob, policy_transform, sample_eval_batch, score_eval_batch
 from find_ray.images import image_grid, to_uint8
-from find_ray.rewards import make_reward
+from find_ray.rewards import evaluation_reward, training_reward
 
 log = logging.getLogger(__name__)
 STARTUP_TIMEOUT_S = 600.0
@@ -93,7 +92,7 @@ class RolloutActor:
         transform = None
         if weights is not None:
             transform = policy_transform(policy_from_state(weights))
-        k, seed, size = cfg.samples_per_prompt, cfg.seed, cfg.batch_size
+        k, seed, size = cfg.samples_per_prompt * cfg.best_of, cfg.seed, cfg.batch_size
         return sample_eval_batch(self.backend, self.prompts, batch, n, k, seed, size, transform)
 
 
@@ -107,11 +106,13 @@ class ScoreSummary:
 
 
 class RewardActor:
-    """Scores images by object ref; failures and NaN/inf become counted drops."""
+    """Scores images by object ref; failures and NaN/inf become counted drops. Rollouts get the
+    training reward, eval batches the reward with the quality figures beside it."""
 
-    def __init__(self, reward: RewardConfig, prompts: list[str], torch_threads: int) -> None:
+    def __init__(self, cfg: FindRayConfig, prompts: list[str], torch_threads: int) -> None:
         torch.set_num_threads(torch_threads)
-        self.reward, self.prompts = make_reward(reward), prompts
+        self.reward, self.prompts = training_reward(cfg), prompts
+        self.eval_reward = evaluation_reward(cfg)
         self.prompt_rows = prompt_table(prompts)
 
     def pid(self) -> int:
@@ -145,7 +146,7 @@ class RewardActor:
         self, images: Tensor, prompts: list[str], rows: list[int]
     ) -> tuple[Tensor, dict[str, Tensor], np.ndarray]:
         """An eval batch's scores and the uint8 thumbnails of its grid rows."""
-        return score_eval_batch(self.reward, images, prompts, rows)
+        return score_eval_batch(self.eval_reward, images, prompts, rows)
 
 
 class LearnerActor:
@@ -249,9 +250,7 @@ def start_actors(cfg: FindRayConfig, prompts: list[str]) -> Actors:
     reward_cls = ray.remote(RewardActor).options(
         **_options(r.reward_num_cpus, r.reward_num_gpus, r.max_restarts)
     )
-    reward = [
-        reward_cls.remote(cfg.reward, prompts, r.torch_threads) for _ in range(r.num_reward_actors)
-    ]
+    reward = [reward_cls.remote(cfg, prompts, r.torch_threads) for _ in range(r.num_reward_actors)]
     latent_shape, embeddings = ray.get(rollout[0].describe.remote())
     learner = (
         ray.remote(LearnerActor)

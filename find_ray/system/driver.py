@@ -35,7 +35,7 @@ from find_ray.config import FindRayConfig, RayConfig, load_config, to_yaml
 from find_ray.errors import FindRayError
 from find_ray.eval.report import md_table
 from find_ray.prompts import train_prompts
-from find_ray.rewards import check_reward
+from find_ray.rewards import check_scorers
 from find_ray.runs.folder import TrainResult, finish_run, start_run
 from find_ray.runs.logger import RunLogger
 from find_ray.system.actors import Actors, ScoreSummary, start_actors
@@ -89,7 +89,7 @@ class RayTrainer:
         self.cfg = cfg
         self.prompts = train_prompts(cfg)  # bad prompts fail here, before any actor starts
         check_model(cfg.model)  # so does a missing model folder or a family mismatch
-        check_reward(cfg.reward)  # and an unknown reward or missing weights
+        check_scorers(cfg)  # and an unknown reward or quality scorer, or missing weights
         self.out, self.resume = Path(cfg.train.out_dir), resume
         t = cfg.train
 
@@ -258,6 +258,7 @@ class RayTrainer:
             self.prompts,
             self.cfg.eval,
             [None, weights],
+            policy_from_state(weights).shape,
             r.max_restarts,
             self.pools.health["rollout"].cooldown_s,
         )
