@@ -255,6 +255,11 @@ def write_find_report(
         "quality": figures,
         "eval": asdict(e),
         "prompts": prompts,
+        "samples": {  # per prompt, per eval sample: for best-of-N and other reanalyses
+            f"{metric}_{policy}": _matrix(results, metric).tolist()
+            for metric in ("scores", "exact")
+            for policy, results in (("before", before), ("after", after))
+        },
     }
     write_json(out / "metrics.json", {**metrics, **(extra or {})})
     return out / "report.md", gains

@@ -36,14 +36,14 @@ from find_ray.algo.policy_files import load_policy
 from find_ray.backends import make_backend
 from find_ray.config import FindRayConfig, load_config, to_yaml
 from find_ray.eval.evaluate import PromptResult, evaluate_policy
-from find_ray.eval.report import ci_cell, md_table, write_json
+from find_ray.eval.report import ci_cell, fmt, md_table, write_json
 from find_ray.eval.stats import expected_best_of
 from find_ray.prompts import load_suite, train_prompts
 from find_ray.rewards import evaluation_reward
 from find_ray.runs.folder import finished_with
 
 RESULTS = Path("benchmarks/results") / "alignment"
-BEST_OF = (1, 2, 4, 8)
+BEST_OF = (1, 2, 4, 8, 16)
 
 
 def train_seed(config: str, overrides: list[str], seed: int, run_dir: Path) -> float:
@@ -103,6 +103,20 @@ def gain_row(metrics: dict) -> dict:
     row = {f"{m}_{k}": v for m, g in metrics["gains"].items() for k, v in g.items()}
     row.update(metrics["means"])
     row["diversity_ratio"] = metrics["diversity"]["ratio"]
+    quality = metrics.get("quality", {})
+    for name in ("quality", "artifacts"):
+        if name in quality:
+            row.update({f"{name}_{k}": v for k, v in quality[name].items()})
+    if "shell" in quality:
+        row.update({f"shell_{k}": v for k, v in quality["shell"]["trained"].items()})
+    if "samples" in metrics:  # the trained policy as the proposal of best-of-N (expected max)
+        exact = np.array(metrics["samples"]["exact_after"])
+        k = exact.shape[1]
+        row["find_best_of"] = {
+            str(n): float(np.mean([expected_best_of(e, n) for e in exact]))
+            for n in BEST_OF
+            if n <= k
+        }
     return row
 
 
@@ -132,11 +146,13 @@ def spread(rows: list[dict], part: str, key: str) -> dict[str, float]:
 
 
 def seed_table(rows: list[dict]) -> list[str]:
-    """One row a seed: run minutes, training-prompt exact match and gains, KL, diversity and
-    the held-out gain."""
+    """One row a seed: run minutes, training-prompt exact match and gains, KL, diversity,
+    image quality and the shell, the trained policy as best-of-4's proposal, the held-out
+    gain."""
     header = ["seed", "run minutes (train + eval)", "exact before", "exact after"]
     header += ["exact gain [95 % CI]", "score gain", "KL to N(0, I)", "diversity ratio"]
-    header += ["held-out exact gain [95 % CI]", "held-out diversity ratio"]
+    header += ["artifacts base → trained (relative)", "‖z_T‖² / d (off shell)"]
+    header += ["FIND + best-of-4", "held-out exact gain [95 % CI]", "held-out diversity ratio"]
     cells = []
     for r in rows:
         t, h = r["train"], r.get("heldout")
@@ -151,14 +167,45 @@ def seed_table(rows: list[dict]) -> list[str]:
                 f"{t['exact_after']:.3f}",
             ]
             + [exact_gain_cell(t), ci_cell(t["scores_gain"]), f"{r['kl_to_prior']:.2f}"]
-            + [f"{t['diversity_ratio']:.2f}", *held]
+            + [f"{t['diversity_ratio']:.2f}", *quality_cells(t)]
+            + [fmt(t.get("find_best_of", {}).get("4", float("nan"))), *held]
         )
-    return md_table(header, cells, "rrrrlrrrlr")
+    return md_table(header, cells, "rrrrlrrrlllll")
+
+
+def quality_cells(row: dict) -> list[str]:
+    """The artifact rate of base and trained images (relative change), and the trained
+    policy's ||z_T||^2 / d with the fraction of its samples off the shell."""
+    artifacts, shell = "n/a", "n/a"
+    if "artifacts_base" in row:
+        change = fmt(100 * row["artifacts_relative"], "+.0f")
+        artifacts = f"{row['artifacts_base']:.4f} → {row['artifacts_trained']:.4f} ({change} %)"
+    if "shell_shell_mean" in row:
+        shell = f"{row['shell_shell_mean']:.3f} ({row['shell_shell_outside_99']:.2f})"
+    return [artifacts, shell]
 
 
 def exact_gain_cell(row: dict) -> str:
     """A gain row's exact-match gain with its 95 % CI."""
     return ci_cell(row["exact_gain"], row["exact_low"], row["exact_high"])
+
+
+def summarise_seeds(rows: list[dict]) -> dict:
+    """Mean and sd over seeds of the gains, diversity, quality, shell and best-of-4 figures."""
+    summary = {"kl_to_prior": {"mean": float(np.mean([r["kl_to_prior"] for r in rows]))}}
+    keys = {"train_gain": "exact_gain", "exact_after": "exact_after"}
+    keys |= {k: k for k in ("diversity_ratio", "artifacts_relative", "shell_shell_mean")}
+    for name, key in keys.items():
+        if all(key in r["train"] for r in rows):
+            summary[name] = spread(rows, "train", key)
+    if all("find_best_of" in r["train"] for r in rows):
+        summary["find_best_of"] = {
+            n: {"mean": float(np.mean([r["train"]["find_best_of"][n] for r in rows]))}
+            for n in rows[0]["train"]["find_best_of"]
+        }
+    if all("heldout" in r for r in rows):
+        summary["heldout_gain"] = spread(rows, "heldout", "exact_gain")
+    return summary
 
 
 def write_results(name: str, result: dict, out: Path) -> None:
@@ -231,20 +278,12 @@ def main(argv: list[str] | None = None) -> None:
         write_json(run_dir / "alignment-minutes.json", {"minutes": minutes})
         row = {"seed": seed, "minutes": minutes, **evaluate_seed(cfg, run_dir, heldout)}
         rows.append({**row, "config": to_yaml(seed_cfg)})
-    summary = {
-        "train_gain": spread(rows, "train", "exact_gain"),
-        "exact_after": spread(rows, "train", "exact_after"),
-        "diversity_ratio": spread(rows, "train", "diversity_ratio"),
-        "kl_to_prior": {"mean": float(np.mean([r["kl_to_prior"] for r in rows]))},
-    }
-    if heldout is not None:
-        summary["heldout_gain"] = spread(rows, "heldout", "exact_gain")
     result = {
         "command": "python benchmarks/alignment.py " + " ".join(argv or sys.argv[1:]),
         "prompts": len(prompts),
         "eval_samples": cfg.eval.samples_per_prompt,
         "seeds": rows,
-        "summary": summary,
+        "summary": summarise_seeds(rows),
         "references": references(args.config, args.overrides, runs),
     }
     write_results(args.name, result, Path(args.out))
