@@ -1,0 +1,1 @@
+"""Run folders: what training writes (config, policy, report, logs) and what reads them back."""
