@@ -26,33 +26,33 @@ def _config(args):
 
 
 def cmd_sample(args) -> None:
-    import math
-
-    import torch
-
-    from find_ray.algo.noise import seeded_normal
-    from find_ray.backends import make_backend
-    from find_ray.eval.report import fmt, score_labels
+    from find_ray.eval.report import score_labels
     from find_ray.images import image_grid, to_uint8
-    from find_ray.rewards import check_prompts, make_reward
+    from find_ray.runs.sample import describe, sample
 
-    cfg = _config(args)
-    check_prompts(cfg.reward, [args.prompt])
-    backend = make_backend(cfg.model)
-    reward = make_reward(cfg.reward)
-    z = seeded_normal((args.n, *backend.latent_shape), 0, args.seed)
-    images = backend.generate(z, [args.prompt] * args.n, seed=args.seed)
-    scores, info = reward(images, [args.prompt] * args.n)
-    exact = info.get("exact", torch.full_like(scores, math.nan))
-    labels = score_labels(scores.tolist(), exact.tolist())
+    run = None
+    if args.run:
+        from find_ray.prompts import train_prompts
+        from find_ray.runs.folder import load_run_policy, read_run_config
+        from find_ray.runs.run_eval import run_config
+
+        cfg = run_config(args.run, args.overrides)
+        run = load_run_policy(args.run, train_prompts(read_run_config(args.run)))
+    else:
+        cfg = _config(args)
+    result = sample(cfg, args.prompt, args.n, args.seed, args.best_of, run)
+    exact = result.info.get("exact", result.scores * float("nan"))
+    labels = score_labels(result.scores.tolist(), exact.tolist())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    image_grid(to_uint8(images), labels, title=args.prompt).save(args.out)
-    print(f"{args.out}: mean score {scores.mean():.3f}, exact {fmt(exact.mean().item())}")
+    image_grid(to_uint8(result.images), labels, title=args.prompt).save(args.out)
+    print(f"{args.out}: {describe(result, args.best_of)}")
 
 
 def cmd_eval(args) -> None:
     from dataclasses import asdict
 
+    if args.best_of > 1:
+        args.overrides = [*args.overrides, f"eval.best_of={args.best_of}"]
     if args.run:
         from find_ray.runs.run_eval import evaluate_run
 
@@ -81,6 +81,7 @@ def cmd_eval(args) -> None:
         cfg.eval.seed,
         cfg.eval.batch_size,
         cfg.eval.grid_samples,
+        best_of=cfg.eval.best_of,
     )
     settings = {**asdict(cfg.model), **asdict(cfg.eval)}
     report = write_report(
@@ -146,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="sample a prompt, write a grid labelled with rewards")
     p.add_argument("--prompt", required=True)
     p.add_argument("--n", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="image i's noise seed is seed + i")
+    p.add_argument("--best-of", type=int, default=1, help="each image the reward's pick of N")
+    p.add_argument("--run", metavar="RUN_DIR", help="sample the run's policy (its config)")
     p.add_argument("--out", default="grid.png")
     _common(p)
     p.set_defaults(func=cmd_sample)
@@ -159,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--suite", help="train | heldout | a prompt file (--run default: its prompts)")
     p.add_argument("--out", help="output folder (--run default: RUN_DIR/eval-SUITE)")
+    p.add_argument("--best-of", type=int, default=1, help="each sample the reward's pick of N")
     _common(p)
     p.set_defaults(func=cmd_eval)
 

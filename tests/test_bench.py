@@ -42,7 +42,15 @@ def test_bench_runs_every_method_with_its_accounting(tiny_shapes_dir, tmp_path, 
     by_method: dict[str, list[dict]] = {}
     for p in data["points"]:
         by_method.setdefault(p["method"], []).append(p)
-    assert set(by_method) == {"base", "best_of_n", "find", "ddpo", "drtune", "dno"}
+    assert set(by_method) == {
+        "base",
+        "best_of_n",
+        "find",
+        "find_best_of_n",
+        "ddpo",
+        "drtune",
+        "dno",
+    }
     calls = 2 * 2  # 2 steps, guidance doubles
     (base,) = by_method["base"]
     assert base["inference_nfe"] == calls and base["train_nfe"] == 0
@@ -62,6 +70,12 @@ def test_bench_runs_every_method_with_its_accounting(tiny_shapes_dir, tmp_path, 
         assert 40 <= points[0]["train_nfe"] < 100 + 200 and points[1]["train_nfe"] >= 100
         assert points[0]["inference_nfe"] == calls
     assert by_method["find"][0]["kl"] >= 0  # the policy's KL to N(0, I)
+    # FIND's final policy as the proposal of best-of-N: N x the calls, never worse than one
+    proposal = by_method["find_best_of_n"]
+    assert [p["inference_nfe"] for p in proposal] == [2 * calls, 4 * calls]
+    assert by_method["find"][-1]["exact"] <= proposal[0]["exact"] <= proposal[1]["exact"]
+    assert all(0 < p["quality"] <= 1 for p in by_method["find"] + by_method["base"])
+    assert by_method["find"][-1]["shell"] > 0 and "quality change" in table.read_text()
     assert data["surrogate"]["heldout"]["pairs"] > 0  # the surrogate was trained and reported
     text = table.read_text()
     assert "| ddpo | 100 NFE |" in text and "Surrogate reward" in text
@@ -115,7 +129,7 @@ def test_bench_runs_on_a_tiny_sd_pipeline_with_clipscore(tmp_path):
     ]
     assert main(["bench", "--config", "configs/bench-sd15.yaml", *overrides]) == 0
     data = json.loads((out / "bench.json").read_text())
-    assert {p["method"] for p in data["points"]} == set(bench_config.METHODS)
+    assert {p["method"] for p in data["points"]} == set(bench_config.LINES)
     assert data["surrogate"] == {}  # CLIPScore's own gradient, no surrogate
     assert all(p["score"] == p["score"] for p in data["points"])  # finite scores
     assert "| dno | 1 it |" in (out / "bench.md").read_text()

@@ -76,6 +76,8 @@ MALFORMED = [
     (b'{"prompt": "p one", "guidance": "high"}', 422, "guidance"),
     (b'{"prompt": "p one", "format": "jpeg"}', 422, "format"),
     (b'{"prompt": "p one", "policy": "best"}', 422, "policy"),
+    (b'{"prompt": "p one", "best_of": 0}', 422, "best_of"),
+    (b'{"prompt": "p one", "best_of": 17}', 422, "best_of"),
     (b'{"prompt": "p one", "colour": "red"}', 422, "colour"),
     (json.dumps({"prompt": "p " * MAX_BODY_BYTES}).encode(), 413, None),
 ]
@@ -159,6 +161,26 @@ def test_an_amortized_run_serves_prompts_it_never_trained(tmp_path):
     assert result.images.shape[0] == 3 and result.policy_version == 3
 
 
+def test_best_of_keeps_the_rewards_pick_and_counts_its_calls(run_dir):
+    """best_of 4: each image is the best-rewarded of its 4 candidates, which are the plain
+    request's images for the seeds `candidate_seeds` names; 4x the denoiser calls."""
+    gen = AlignedGenerator(str(run_dir))
+    info = gen.describe()
+    one, best = info.job("p one", 3, 20), info.job("p one", 3, 20, best_of=4)
+    assert best.calls_per_image == 4 * one.calls_per_image
+    assert best.candidate_seeds() == [20 + i + 3 * j for i in range(3) for j in range(4)]
+    (picked,) = gen.generate([best])
+    for i in range(3):
+        seeds = best.candidate_seeds()[4 * i : 4 * i + 4]
+        candidates = [gen.generate([info.job("p one", 1, s)])[0].rewards[0] for s in seeds]
+        assert picked.rewards[i] == pytest.approx(max(candidates))
+        assert picked.seeds[i] == seeds[int(np.argmax(candidates))]
+    assert "shell" in picked.metrics[0]  # ||z_T||^2 / d of each served image
+    unscored = AlignedGenerator(str(run_dir), score=False).describe()
+    with pytest.raises(RequestError, match="best_of"):
+        unscored.job("p one", 1, 0, best_of=2)
+
+
 def test_batched_jobs_equal_single_jobs(run_dir):
     gen = AlignedGenerator(str(run_dir))
     info = gen.describe()
@@ -236,6 +258,11 @@ def test_routes_and_policy_labels(served):
     assert [i["seed"] for i in trained["images"]] == [11, 12, 13]
     image = Image.open(io.BytesIO(base64.b64decode(trained["images"][0]["png_base64"])))
     assert image.size == (8, 8) and trained["policy_version"] == 10
+    best = generate(client, prompt="p one", n=2, seed=11, best_of=3)
+    assert [i["best_of"] for i in best["images"]] == [3, 3]
+    assert {i["picked_by"] for i in best["images"]} == {"brightness"}
+    assert best["images"][0]["denoiser_calls"] == 3 * trained["images"][0]["denoiser_calls"]
+    assert best["images"][0]["reward"] >= trained["images"][0]["reward"]  # seed 11 a candidate
     png = client.post("/generate", json={"prompt": "p two", "n": 4, "format": "png"})
     assert png.headers["content-type"] == "image/png" and png.headers["x-policy"] == "trained"
     assert len(png.headers["x-rewards"].split(",")) == 4

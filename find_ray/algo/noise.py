@@ -24,6 +24,12 @@ def seeded_normal(shape: Sequence[int], seed: int, index: int = 0) -> Tensor:
     return torch.randn(tuple(shape), generator=seeded_generator(seed, index))
 
 
+def candidate_seeds(seed: int, n: int, best_of: int = 1) -> list[int]:
+    """The noise seeds of n images, each picked from `best_of` candidates, image-major: image
+    i's j-th candidate is seed + i + j * n (so with best_of 1, image i uses seed + i)."""
+    return [seed + i + j * n for i in range(n) for j in range(best_of)]
+
+
 def normals_by_index(shape: Sequence[int], indices: Iterable[int], seed: int = 0) -> Tensor:
     """One `seeded_normal(shape, seed, i)` per index, stacked: (len(indices), *shape)."""
     return torch.stack([seeded_normal(shape, seed, i) for i in indices])

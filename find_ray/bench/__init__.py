@@ -35,7 +35,7 @@ def run_bench(cfg: BenchConfig, methods: list[str] | None = None, progress: bool
         points = RUNNERS[method](bench)
         saved.write_text(json.dumps([asdict(p) for p in points], indent=1))
     points = [
-        Point(**{**p, "exact_gain": tuple(p["exact_gain"]), "score_gain": tuple(p["score_gain"])})
+        Point(**{**p, **{k: tuple(v) for k, v in p.items() if k.endswith("_gain")}})
         for method in cfg.bench.methods
         if (points_dir / f"{method}.json").is_file()
         for p in json.loads((points_dir / f"{method}.json").read_text())

@@ -18,7 +18,7 @@ from find_ray.bench.config import BenchConfig
 from find_ray.eval.evaluate import PromptResult, evaluate, score_plan
 from find_ray.eval.stats import paired_bootstrap_ci
 from find_ray.prompts import load_suite
-from find_ray.rewards import make_differentiable_reward, make_reward
+from find_ray.rewards import make_differentiable_reward, make_reward, make_scorer, with_quality
 
 
 @dataclass
@@ -36,6 +36,9 @@ class Point:
     score_gain: tuple[float, float, float]
     diversity_ratio: float  # mean over prompts of this point's diversity / the base's
     kl: float = math.nan  # KL of the result's noise distribution from N(0, I), where defined
+    quality: float = math.nan  # the quality scorer's mean score (eval.quality)
+    quality_gain: tuple[float, float, float] = (math.nan, math.nan, math.nan)
+    shell: float = math.nan  # ||z_T||^2 / d of the eval noise, where the method draws it
 
 
 class Bench:
@@ -47,7 +50,10 @@ class Bench:
         self.prompts = (
             prompts[: self.settings.max_prompts] if self.settings.max_prompts else prompts
         )
-        self.reward = make_reward(cfg.reward)
+        self.reward = make_reward(cfg.reward)  # what the training methods follow
+        self.eval_reward = self.reward  # what evaluates: with the quality figures beside it
+        if cfg.quality.name:
+            self.eval_reward = with_quality(self.reward, make_scorer(cfg.quality))
         self.out = Path(self.settings.out_dir)
         self.calls = denoiser_calls(cfg.model.steps, cfg.model.guidance)
         self._base: list[PromptResult] | None = None
@@ -65,7 +71,12 @@ class Bench:
         """The eval suite through `backend` (its pipeline as trained), paired eval noise."""
         s = self.settings
         return evaluate(
-            backend, self.reward, self.prompts, s.eval_samples, s.eval_seed, transform=transform
+            backend,
+            self.eval_reward,
+            self.prompts,
+            s.eval_samples,
+            s.eval_seed,
+            transform=transform,
         )
 
     def eval_z(self, shape: tuple[int, ...]) -> torch.Tensor:
@@ -84,7 +95,7 @@ class Bench:
         def images_of(n: int, batch: list) -> torch.Tensor:
             return images[n * 64 : n * 64 + len(batch)]
 
-        return score_plan(self.reward, self.prompts, self.settings.eval_samples, images_of, 64)
+        return score_plan(self.eval_reward, self.prompts, self.settings.eval_samples, images_of, 64)
 
     @property
     def base(self) -> list[PromptResult]:
@@ -107,6 +118,15 @@ class Bench:
         exact = np.stack([r.exact for r in results])
         scores = np.stack([r.scores for r in results])
         ratio = np.nanmean([r.diversity / b.diversity for r, b in zip(results, base, strict=True)])
+        extra = {}
+        if results[0].quality is not None and base[0].quality is not None:
+            quality = np.stack([r.quality for r in results])
+            extra["quality"] = float(quality.mean())
+            extra["quality_gain"] = paired_bootstrap_ci(
+                np.stack([b.quality for b in base]), quality
+            )
+        if results[0].shell is not None:
+            extra["shell"] = float(np.mean([r.shell.mean() for r in results]))
         return Point(
             method,
             label,
@@ -119,6 +139,7 @@ class Bench:
             paired_bootstrap_ci(np.stack([b.scores for b in base]), scores),
             float(ratio),
             kl,
+            **extra,
         )
 
     def differentiable_reward(self) -> Callable:

@@ -7,10 +7,11 @@ from pathlib import Path
 
 from find_ray.baselines.ddpo import DDPOConfig
 from find_ray.baselines.drtune import DRTuneConfig
-from find_ray.config import ModelConfig, RewardConfig, load_structured
+from find_ray.config import ModelConfig, QualityConfig, RewardConfig, load_structured
 from find_ray.errors import ConfigError
 
 METHODS = ("base", "best_of_n", "find", "ddpo", "drtune", "dno")
+LINES = (*METHODS, "find_best_of_n")  # what the plot draws (FIND's runner adds the last)
 
 
 @dataclass
@@ -61,6 +62,7 @@ class BenchSettings:
 class BenchConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)  # beside every row ("": none)
     bench: BenchSettings = field(default_factory=BenchSettings)
 
 

@@ -38,7 +38,7 @@ from find_ray.baselines.nfe import NFECounter
 from find_ray.bench.bench import Bench, Point
 from find_ray.config import FindRayConfig, load_config
 from find_ray.errors import ConfigError
-from find_ray.eval.evaluate import policy_transform
+from find_ray.eval.evaluate import PromptResult, policy_transform
 from find_ray.eval.stats import expected_best_of
 
 
@@ -51,15 +51,23 @@ def run_base(bench: Bench) -> list[Point]:
 
 
 def run_best_of_n(bench: Bench) -> list[Point]:
-    """Expected best-of-N exact match from the base's k samples per prompt (the exact order
-    statistic of drawing N of k; the shapes reward is 1 exactly when the match is exact, so
-    picking by reward picks an exact sample whenever there is one). Not paired per sample:
-    its CI resamples each prompt's pool."""
-    points = []
+    """The base's best-of-N (`best_of_points` of its eval samples)."""
+    return best_of_points(bench, "best_of_n", bench.base, 0, 0.0)
+
+
+def best_of_points(
+    bench: Bench, method: str, results: list[PromptResult], train_nfe: int, wall_s: float
+) -> list[Point]:
+    """Expected best-of-N exact match and score from a result's k samples per prompt (the
+    exact order statistic of drawing N of k; the shapes reward is 1 exactly when the match is
+    exact, so picking by reward picks an exact sample whenever there is one), for each N of
+    bench.best_of, against the base's one sample. Not paired per sample: its CI resamples
+    each prompt's pool."""
     rng = np.random.default_rng(bench.settings.seed)
-    base_exact = np.stack([r.exact for r in bench.base])
-    base_scores = np.stack([r.scores for r in bench.base])
-    k = base_exact.shape[1]
+    exact, scores = np.stack([r.exact for r in results]), np.stack([r.scores for r in results])
+    base_exact = float(np.mean([r.exact.mean() for r in bench.base]))
+    base_score = float(np.mean([r.scores.mean() for r in bench.base]))
+    k, points = exact.shape[1], []
     for n in bench.settings.best_of:
         if n > k:
             raise ConfigError(f"config key 'bench.best_of': N={n} > eval_samples={k}")
@@ -68,25 +76,15 @@ def run_best_of_n(bench: Bench) -> list[Point]:
             return float(np.mean([expected_best_of(row, n) for row in x]))
 
         boot = [
-            best(np.take_along_axis(base_exact, rng.integers(0, k, base_exact.shape), 1))
-            for _ in range(200)
+            best(np.take_along_axis(exact, rng.integers(0, k, exact.shape), 1)) for _ in range(200)
         ]
-        exact = best(base_exact)
-        score = best(base_scores)
-        base_mean = float(base_exact.mean())
-        low, high = np.quantile(boot, [0.025, 0.975]) - base_mean
+        low, high = np.quantile(boot, [0.025, 0.975]) - base_exact
+        e, s = best(exact), best(scores)
         points.append(
             Point(
-                "best_of_n",
-                f"N={n}",
-                0,
-                float(n * bench.calls),
-                0.0,
-                exact,
-                (exact - base_mean, float(low), float(high)),
-                score,
-                (score - float(base_scores.mean()), math.nan, math.nan),
-                math.nan,
+                *(method, f"N={n}", train_nfe, float(n * bench.calls), wall_s, e),
+                *((e - base_exact, float(low), float(high)), s),
+                *((s - base_score, math.nan, math.nan), math.nan),
             )
         )
     return points
@@ -122,7 +120,8 @@ def run_find(bench: Bench) -> list[Point]:
             )
         done = counter["train"]
         start = time.perf_counter()
-    return points
+    # the policy at the largest budget as the proposal of best-of-N
+    return points + best_of_points(bench, "find_best_of_n", results, points[-1].train_nfe, wall)
 
 
 def _train_lora(bench: Bench, method: str, make_trainer, step: str) -> list[Point]:

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from find_ray.bench.bench import Point
-from find_ray.bench.config import METHODS
+from find_ray.bench.config import LINES
 from find_ray.eval.report import ci_cell, fmt, md_table
 
 
@@ -15,18 +15,20 @@ def markdown(points: list[Point], prompts: list[str], surrogate: dict) -> str:
     header = [
         *("method", "point", "exact", "exact gain vs base [95 % CI]", "score"),
         *("score gain [95 % CI]", "train NFE", "inference NFE / image", "wall s"),
-        *("KL to N(0, I)", "diversity ratio"),
+        *("KL to N(0, I)", "diversity ratio", "quality", "quality change [95 % CI]"),
+        "‖z_T‖² / d",
     ]
     rows = [
         [
             *(p.method, p.label, fmt(p.exact), ci_cell(*p.exact_gain), f"{p.score:.3f}"),
             *(ci_cell(*p.score_gain), p.train_nfe, f"{p.inference_nfe:.0f}", f"{p.wall_s:.0f}"),
-            *(fmt(p.kl, ".3g"), fmt(p.diversity_ratio, ".2f")),
+            *(fmt(p.kl, ".3g"), fmt(p.diversity_ratio, ".2f"), fmt(p.quality, ".4f")),
+            *(ci_cell(*p.quality_gain, "+.4f"), fmt(p.shell)),
         ]
         for p in points
     ]
     lines = [f"Prompts ({len(prompts)}): " + "; ".join(prompts), ""]
-    lines += md_table(header, rows, "llrlrlrrrrr")
+    lines += md_table(header, rows, "llrlrlrrrrrrlr")
     held = surrogate.get("heldout")
     if held:
         lines += [
@@ -60,7 +62,7 @@ def plot(points: list[Point], path: Path) -> None:
         gains = [getattr(p, f"{metric}_gain") for p in ps]
         return [[g - low for g, low, _ in gains], [high - g for g, _, high in gains]]
 
-    colours = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    colours = dict(zip(LINES, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     fig, (train_ax, infer_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
     for method in ("find", "ddpo", "drtune"):
         mine = [p for p in points if p.method == method]
@@ -81,7 +83,7 @@ def plot(points: list[Point], path: Path) -> None:
                 label=method,
                 color=colours[method],
             )
-    for method in ("best_of_n", "dno"):
+    for method in ("best_of_n", "find_best_of_n", "dno"):
         mine = sorted((p for p in points if p.method == method), key=lambda p: p.inference_nfe)
         if mine:
             infer_ax.plot(

@@ -115,6 +115,13 @@ def grid_rows(batch: list[EvalJob], grid_samples: int) -> list[int]:
     return [row for row, (_, j) in enumerate(batch) if j < grid_samples]
 
 
+def best_of_picks(scores: np.ndarray, best_of: int) -> np.ndarray:
+    """The index of the best-scored sample of each consecutive group of `best_of`: which
+    candidate a reward-picked best-of-N keeps."""
+    groups = np.asarray(scores).reshape(-1, best_of)
+    return np.arange(len(groups)) * best_of + groups.argmax(1)
+
+
 class EvalCollector:
     """Gathers scored eval batches (in any order) into one PromptResult per prompt. With
     `best_of` N, each group of N consecutive samples of a prompt yields the one the reward
@@ -154,8 +161,7 @@ class EvalCollector:
 
     def chosen(self, i: int) -> list[int]:
         """Prompt i's samples that stand for it: the best-scored of each group of best_of."""
-        groups = self.values["scores"][i].reshape(-1, self.best_of)
-        return (np.arange(len(groups)) * self.best_of + groups.argmax(1)).tolist()
+        return best_of_picks(self.values["scores"][i], self.best_of).tolist()
 
     def results(self) -> list[PromptResult]:
         results = []

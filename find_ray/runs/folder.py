@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from find_ray.algo.amortized import AmortizedNoisePolicy
+from find_ray.algo.gaussian import reparameterise
 from find_ray.algo.policy import NoisePolicy
 from find_ray.algo.policy_files import load_policy, read_policy_metadata
 from find_ray.config import FindRayConfig, load_config, to_yaml
@@ -98,6 +99,15 @@ class RunPolicy:
         if missing:
             raise ValueError(f"no trained policy for {missing}")
         return self.policy.mean_std(torch.tensor([self.prompts.index(p) for p in prompts]))
+
+    @torch.no_grad()
+    def noise(self, prompt: str, eps: Tensor, encode: Callable[[list[str]], Tensor]) -> Tensor:
+        """The initial latents for standard-normal eps (B, *shape) under the policy of
+        `prompt` (the policy's `latent` of its action), or eps itself, the base, for a prompt
+        it does not cover."""
+        if not self.covers(prompt):
+            return eps
+        return self.policy.latent(reparameterise(*self.mean_std([prompt], encode), eps))
 
 
 def finished_with(run_dir: str | Path, cfg: FindRayConfig) -> bool:

@@ -40,6 +40,12 @@ def run_transform(
     return transform, params
 
 
+def run_config(run_dir: str | Path, overrides: list[str]) -> FindRayConfig:
+    """The run's config.yaml with `overrides`; a missing folder or file is one clear error."""
+    read_run_config(run_dir)
+    return load_config(Path(run_dir).expanduser() / "config.yaml", overrides)
+
+
 def evaluate_run(
     run_dir: str | Path,
     suite: str | None,
@@ -51,8 +57,7 @@ def evaluate_run(
     prompts); writes report.md, metrics.json and before_after.png; returns the report path.
     `base`: the base's results on the same suite and eval settings, if already computed."""
     run_dir = Path(run_dir).expanduser()
-    read_run_config(run_dir)  # one clear error for a missing run folder or config
-    cfg: FindRayConfig = load_config(run_dir / "config.yaml", overrides)
+    cfg = run_config(run_dir, overrides)
     trained_on = train_prompts(cfg)
     prompts = trained_on if suite is None else load_suite(suite)
     check_prompts(cfg.reward, prompts)
@@ -79,6 +84,7 @@ def evaluate_run(
         e.batch_size,
         e.grid_samples,
         transform=transform,
+        best_of=e.best_of,
     )
     kl = [standard_normal_kl(mu, sigma).item() for mu, sigma in params.values()]
     kind = "amortized" if run.amortized else "per-prompt"

@@ -71,7 +71,8 @@ def png_bytes(image: np.ndarray) -> bytes:
 def image_labels(job: Job, result: JobResult) -> list[str]:
     """Grid captions: seed and, when scored, the reward."""
     rewards = result.rewards or [None] * job.n
-    return [f"{job.seed + i}" + ("" if r is None else f" {r:.2f}") for i, r in enumerate(rewards)]
+    pairs = zip(result.seeds, rewards, strict=True)
+    return [f"{seed}" + ("" if r is None else f" {r:.2f}") for seed, r in pairs]
 
 
 @serve.deployment(name="Generator", max_ongoing_requests=256)
@@ -160,7 +161,13 @@ class Ingress:
             seed = secrets.randbelow(2**31 - 16) if request.seed is None else request.seed
             info = await self.info(fresh=False)
             job = info.job(
-                request.prompt, request.n, seed, request.steps, request.guidance, request.policy
+                request.prompt,
+                request.n,
+                seed,
+                request.steps,
+                request.guidance,
+                request.policy,
+                request.best_of,
             )
         except RequestError as e:
             return error(e.status, e.detail, e.field)
@@ -177,7 +184,7 @@ class Ingress:
             headers = {
                 "X-Policy": job.policy,
                 "X-Policy-Version": str(result.policy_version),
-                "X-Seeds": f"{seed}-{seed + job.n - 1}",
+                "X-Seeds": ",".join(str(s) for s in result.seeds),
             }
             if result.rewards is not None:
                 headers["X-Rewards"] = ",".join(f"{r:.4f}" for r in result.rewards)
@@ -191,9 +198,11 @@ class Ingress:
             seconds=time.perf_counter() - began,
             images=[
                 GeneratedImage(
-                    seed=seed + i,
+                    seed=result.seeds[i],
                     policy=job.policy,
                     denoiser_calls=job.calls_per_image,
+                    best_of=job.best_of,
+                    picked_by=info.reward.name if job.best_of > 1 else None,
                     reward=None if result.rewards is None else result.rewards[i],
                     metrics=result.metrics[i] if result.metrics else {},
                     png_base64=base64.b64encode(png_bytes(image)).decode(),

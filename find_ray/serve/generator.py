@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
-from find_ray.algo.gaussian import reparameterise
-from find_ray.algo.noise import normals_by_index
+from find_ray.algo.noise import candidate_seeds, normals_by_index
 from find_ray.backends import Backend, denoiser_calls, make_backend
 from find_ray.config import RewardConfig
 from find_ray.errors import FindRayError
+from find_ray.eval.evaluate import best_of_picks
+from find_ray.eval.shell import shell_radius
 from find_ray.prompts import train_prompts
 from find_ray.rewards import RewardFn, check_prompts, evaluation_reward
 from find_ray.runs.folder import RunPolicy, load_run_policy, read_run_config
@@ -39,13 +41,19 @@ class Job:
     steps: int
     guidance: float
     policy: str  # trained | base
-    calls_per_image: int  # denoiser passes (CFG doubles each step)
+    calls_per_image: int  # denoiser passes per image (CFG doubles each step; x best_of)
+    best_of: int = 1  # candidates per image, the reward keeps the best
+
+    def candidate_seeds(self) -> list[int]:
+        """Seeds of every candidate (`algo.noise.candidate_seeds`)."""
+        return candidate_seeds(self.seed, self.n, self.best_of)
 
 
 @dataclass
 class JobResult:
     images: torch.Tensor  # (n, 3, H, W) in [0, 1]
     policy_version: int
+    seeds: list[int]  # each image's noise seed
     rewards: list[float] | None = None
     metrics: list[dict[str, float]] = field(default_factory=list)
 
@@ -58,6 +66,7 @@ class RunInfo:
     guidance: float
     version: int
     amortized: bool = False  # the policy generates for any prompt
+    scored: bool = False  # images are scored by the run's reward (needed for best_of)
 
     @property
     def policies(self) -> list[str]:
@@ -71,6 +80,7 @@ class RunInfo:
         steps: int | None = None,
         guidance: float | None = None,
         policy: str = "auto",
+        best_of: int = 1,
     ) -> Job:
         """A job with the run's sampler defaults filled in and its policy kind chosen: trained
         when the run's policy covers the prompt (unless base is asked for), else base."""
@@ -84,8 +94,12 @@ class RunInfo:
             raise RequestError(422, why, "policy")
         steps = self.steps if steps is None else steps
         guidance = self.guidance if guidance is None else guidance
+        if best_of > 1 and not self.scored:
+            why = "field 'best_of': needs the run's reward at serve time (find-ray serve --score)"
+            raise RequestError(422, why, "best_of")
         kind = "trained" if trained and policy != "base" else "base"
-        return Job(prompt, n, seed, steps, guidance, kind, denoiser_calls(steps, guidance))
+        calls = best_of * denoiser_calls(steps, guidance)
+        return Job(prompt, n, seed, steps, guidance, kind, calls, best_of)
 
 
 class AlignedGenerator:
@@ -127,11 +141,11 @@ class AlignedGenerator:
         return True
 
     def noise(self, job: Job, run: RunPolicy) -> torch.Tensor:
-        eps = normals_by_index(self.backend.latent_shape, range(job.seed, job.seed + job.n))
+        """Every candidate's initial latent, image-major (`Job.candidate_seeds`)."""
+        eps = normals_by_index(self.backend.latent_shape, job.candidate_seeds())
         if job.policy == "base":
             return eps
-        action = reparameterise(*run.mean_std([job.prompt], self.backend.encode_prompts), eps)
-        return run.policy.latent(action)
+        return run.noise(job.prompt, eps, self.backend.encode_prompts)
 
     def generate(self, jobs: list[Job]) -> list[JobResult]:
         """All jobs, one pipeline call per group of equal sampler settings."""
@@ -143,27 +157,44 @@ class AlignedGenerator:
         for (steps, guidance), members in groups.items():
             batch = [jobs[i] for i in members]
             z = torch.cat([self.noise(job, run) for job in batch])
-            prompts = [job.prompt for job in batch for _ in range(job.n)]
-            seeds = [s for job in batch for s in range(job.seed, job.seed + job.n)]
+            prompts = [job.prompt for job in batch for _ in range(job.n * job.best_of)]
+            seeds = [s for job in batch for s in job.candidate_seeds()]
             images = self.backend.generate(z, prompts, steps=steps, guidance=guidance, seed=seeds)
-            scored = self._score(images, prompts)
+            scored = self._score(images, prompts, shell_radius(z))
             start = 0
             for i, job in zip(members, batch, strict=True):
-                part = slice(start, start + job.n)
-                start += job.n
-                rewards, metrics = (
-                    (None, []) if scored is None else (scored[0][part], scored[1][part])
-                )
-                results[i] = JobResult(images[part], run.version, rewards, metrics)
+                part = range(start, start + job.n * job.best_of)
+                start += len(part)
+                results[i] = self._result(job, images, scored, list(part), seeds, run.version)
         return results  # type: ignore[return-value]
 
+    @staticmethod
+    def _result(
+        job: Job, images: torch.Tensor, scored, part: list[int], seeds: list[int], version: int
+    ) -> JobResult:
+        """One job's images out of its batch: under best_of, the reward's pick of each group
+        of candidates (the batch's rows `part`)."""
+        if scored is None:
+            return JobResult(images[part], version, [seeds[r] for r in part])
+        rewards, metrics = scored
+        if job.best_of > 1:
+            picks = best_of_picks(np.array([rewards[r] for r in part]), job.best_of)
+            part = [part[p] for p in picks]
+        kept = [rewards[r] for r in part]
+        return JobResult(
+            images[part], version, [seeds[r] for r in part], kept, [metrics[r] for r in part]
+        )
+
     def _score(
-        self, images: torch.Tensor, prompts: list[str]
+        self, images: torch.Tensor, prompts: list[str], shell: np.ndarray
     ) -> tuple[list[float], list[dict[str, float]]] | None:
+        """Rewards and per-image metrics (the reward's, quality, ||z_T||^2 / d as `shell`)."""
         if self.reward is None:
             return None
         scores, info = self.reward(images, prompts)
         metrics = [{k: float(v[i]) for k, v in info.items()} for i in range(len(prompts))]
+        for m, radius in zip(metrics, shell, strict=True):
+            m["shell"] = float(radius)
         return [float(s) for s in scores], metrics
 
     def describe(self) -> RunInfo:
@@ -177,4 +208,5 @@ class AlignedGenerator:
             model.guidance,
             run.version,
             run.amortized,
+            self.reward is not None,
         )

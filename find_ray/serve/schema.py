@@ -27,6 +27,9 @@ class GenerateRequest(BaseModel):
     )
     steps: int | None = Field(None, ge=1, le=200, description="sampler steps (run's default)")
     guidance: float | None = Field(None, ge=0.0, le=30.0, description="CFG scale (run's default)")
+    best_of: int = Field(
+        1, ge=1, le=MAX_IMAGES, description="each image the run's reward's pick of this many"
+    )
     policy: Literal["auto", "trained", "base"] = Field(
         "auto", description="auto: trained for a trained prompt, else base"
     )
@@ -36,11 +39,13 @@ class GenerateRequest(BaseModel):
 
 
 class GeneratedImage(BaseModel):
-    seed: int
+    seed: int  # the seed of this image's initial noise (the picked one under best_of)
     policy: PolicyKind
-    denoiser_calls: int
+    denoiser_calls: int  # spent on this image: best_of x the sampler's
+    best_of: int = 1  # candidates the run's reward chose this image from
+    picked_by: str | None = None  # the reward that chose it (best_of > 1)
     reward: float | None = None  # the run's reward, when it is scored at serve time
-    metrics: dict[str, float] = {}  # the reward's extra per-image metrics (e.g. exact)
+    metrics: dict[str, float] = {}  # the reward's per-image metrics (exact, quality, shell)
     png_base64: str | None = None
 
 
