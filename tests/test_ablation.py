@@ -20,6 +20,7 @@ def test_expected_best_of_by_hand():
     assert expected_best_of(pool, 3) == pytest.approx(np.mean(draws), abs=0.01)
 
 
+@pytest.mark.slow
 def test_ablation_runs_end_to_end_on_a_tiny_model(tiny_shapes_dir, tmp_path, monkeypatch):
     args = [
         "--config",

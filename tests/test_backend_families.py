@@ -222,6 +222,7 @@ TINY_RUN = [  # the shipped GPU config, shrunk to the tiny model on 2 CPU cores
     "model.num_frames=2",
     "reward.device=cpu",
     "reward.dtype=float32",
+    "eval.quality.device=cpu",
     "ray.rollout_num_gpus=0",
     "ray.reward_num_gpus=0",
     "ray.rollout_num_cpus=0.5",
@@ -255,6 +256,7 @@ def test_find_updates_through_ray_on_each_family(ray_local, tiny, tmp_path, fami
     argv += [f"model.path={tiny(family)}", f"model.steps={SAMPLER[family][0]}"]
     reward = load_config(config).reward.name
     argv += tiny_reward(reward, tmp_path / "reward")
+    argv += tiny_reward("aesthetic", tmp_path / "quality", key="eval.quality")
     rc = cli.main([*argv, f"train.out_dir={run}"])
     err = capsys.readouterr().err
     assert rc == 0, f"{err}\n{caplog.text}"
@@ -267,15 +269,17 @@ def test_find_updates_through_ray_on_each_family(ray_local, tiny, tmp_path, fami
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["rollouts"]["stored"] == 2 * 2 * 4  # every rollout scored by `reward`
     assert load_config(run / "config.yaml").reward.name == reward
+    assert {"base", "trained"} <= set(metrics["quality"]["quality"])  # aesthetic, beside it
 
 
 @pytest.mark.parametrize(
     ("override", "says"),
     [
         ("reward.weights_path=/nowhere/ImageReward.pt", "no weights at /nowhere/ImageReward.pt"),
-        ("reward.name=imagereword", "unknown reward 'imagereword'"),
+        ("reward.name=imagereword", "unknown scorer 'imagereword'"),
         ("model.family=sdxl", "model.family 'sdxl' but"),
         ("model.path=/nowhere/sd15", "/nowhere/sd15"),
+        ("eval.quality.weights_path=/nowhere/head.pth", "eval.quality 'aesthetic': no weights"),
     ],
 )
 def test_train_fails_in_one_line_before_any_actor(

@@ -34,6 +34,7 @@ def tiny_bench(tiny_shapes_dir, out) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_bench_runs_every_method_with_its_accounting(tiny_shapes_dir, tmp_path, monkeypatch):
     out = tmp_path / "bench"
     cfg = load_bench_config("configs/bench-shapes.yaml", tiny_bench(tiny_shapes_dir, out))
@@ -97,6 +98,7 @@ def test_bench_config_errors_name_the_key(tiny_shapes_dir, tmp_path, capsys):
     assert "config file not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bench_runs_on_a_tiny_sd_pipeline_with_clipscore(tmp_path):
     """configs/bench-sd15.yaml on CPU with a tiny random SD pipeline and a tiny CLIP: every
     method runs through the VAE and the differentiable CLIPScore; no exact match, so the
@@ -114,6 +116,8 @@ def test_bench_runs_on_a_tiny_sd_pipeline_with_clipscore(tmp_path):
         "model.steps=2",
         "reward.device=cpu",
         *tiny_reward("clipscore", tmp_path / "clip"),
+        *tiny_reward("aesthetic", tmp_path / "aesthetic", key="quality"),
+        "quality.device=cpu",
         "bench.prompts=[a cat]",
         "bench.eval_samples=2",
         "bench.best_of=[2]",

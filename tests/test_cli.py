@@ -42,6 +42,7 @@ def test_missing_model_path_exits_2(tmp_path):
     assert result.returncode == 2 and "model_index.json" in result.stderr
 
 
+@pytest.mark.slow
 def test_sample_writes_a_labelled_grid(tiny_shapes_dir, tmp_path):
     out = tmp_path / "grid.png"
     result = run_cli(
@@ -60,6 +61,7 @@ def test_sample_writes_a_labelled_grid(tiny_shapes_dir, tmp_path):
     assert "mean score" in result.stdout
 
 
+@pytest.mark.slow
 def test_eval_writes_report_table_and_grid(tiny_shapes_dir, tmp_path):
     suite = tmp_path / "suite.txt"
     suite.write_text("# two prompts\na red circle\ntwo blue squares\n")
@@ -80,6 +82,7 @@ def test_eval_writes_report_table_and_grid(tiny_shapes_dir, tmp_path):
     assert (out / "grid.png").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["per_prompt", "amortized"])
 def test_eval_run_compares_a_runs_policy_on_another_suite(tiny_shapes_dir, tmp_path, kind):
     """`find-ray eval --run RUN --suite FILE`: a per-prompt run falls back to the base for a

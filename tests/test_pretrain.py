@@ -1,5 +1,6 @@
 """Pretraining is seeded and resumes exactly; the shipped model loads and follows prompts."""
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -41,6 +42,7 @@ def test_pretraining_is_seeded_and_resumes_exactly(tmp_path):
         assert all(torch.equal(reference[k], weights[k]) for k in reference)
 
 
+@pytest.mark.slow
 def test_shipped_model_follows_a_simple_prompt():
     backend = PipelineBackend.from_config(ModelConfig())
     z = torch.randn((8, *backend.latent_shape), generator=torch.Generator().manual_seed(0))

@@ -22,9 +22,8 @@ from find_ray.rewards.clipscore import SCALE, clipscore_core
 from find_ray.rewards.hpsv2 import hpsv2_core, pad_square
 from find_ray.rewards.open_clip_model import load_open_clip
 from find_ray.rewards.video_clip import video_clip_core
-from tests.tiny_clip import TINY_ARCH, save_tiny_clip
+from tests.tiny_clip import TINY_ARCH, TINY_WIDTH, save_tiny_clip
 
-TINY_WIDTH = 16  # the tiny CLIP's embedding width
 PROMPTS = ["a red circle", "two blue squares", "a red circle", "a cat", "a dog on a hill"]
 DEVICES = [
     "cpu",

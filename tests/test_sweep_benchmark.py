@@ -3,11 +3,14 @@ learner's statistics read back from TensorBoard, the table and the plot."""
 
 import json
 
+import pytest
+
 from find_ray.config import load_config
 from find_ray.experiments import sweep
 from tests.experiment_args import tiny_run_args
 
 
+@pytest.mark.slow
 def test_sweep_cells_apply_their_factor_and_method(tiny_shapes_dir, tmp_path):
     tiny = tiny_run_args(tmp_path, tiny_shapes_dir, "[a red circle]", 4)
     sweep.main(

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 TINY_ARCH = "tiny-find-ray-ViT"
+TINY_WIDTH = 16  # the tiny CLIP's embedding width
 TINY_CONFIG = {
     "embed_dim": 16,
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},

@@ -12,8 +12,9 @@ from transformers import BlipVisionConfig, CLIPConfig, CLIPModel
 
 from find_ray.backends.offline_tokenizer import char_tokenizer
 from find_ray.rewards import imagereward_blip as blip
+from find_ray.rewards.aesthetic import AestheticHead
 from find_ray.rewards.imagereward import load_tokenizer
-from tests.tiny_clip import TINY_ARCH, save_tiny_clip
+from tests.tiny_clip import TINY_ARCH, TINY_WIDTH, save_tiny_clip
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 VOCAB = [*SPECIAL, "a", "cat", "dog", "red", "blue", "on", "the", "##s", "sofa", "two"]
@@ -95,14 +96,21 @@ def save_tiny_imagereward(folder: Path) -> tuple[Path, blip.ImageRewardModel, ob
     return folder, model, tokenizer
 
 
-def tiny_reward(name: str, folder: Path) -> list[str]:
-    """Writes a tiny model for reward `name` into `folder`; returns the reward.* overrides."""
+def tiny_reward(name: str, folder: Path, key: str = "reward") -> list[str]:
+    """Writes a tiny model for scorer `name` into `folder`; returns the overrides that point
+    config section `key` (reward, eval.quality, quality) at it."""
     folder.mkdir(parents=True, exist_ok=True)
     if name in ("clipscore", "video_clip", "hpsv2"):
         weights = save_tiny_clip(folder, wrap=name == "hpsv2")
-        return [f"reward.weights_path={weights}", f"reward.model={folder / TINY_ARCH}.json"]
+        return [f"{key}.weights_path={weights}", f"{key}.model={folder / TINY_ARCH}.json"]
+    if name == "aesthetic":
+        backbone = save_tiny_clip(folder, seed=3)
+        torch.manual_seed(3)
+        head = folder / "head.pth"
+        torch.save(AestheticHead(TINY_WIDTH).state_dict(), head)
+        return [f"{key}.weights_path={head}", f"{key}.model={folder / TINY_ARCH}.json:{backbone}"]
     if name == "pickscore":
-        return [f"reward.weights_path={save_tiny_pickscore(folder)[0]}"]
+        return [f"{key}.weights_path={save_tiny_pickscore(folder)[0]}"]
     if name == "imagereward":
-        return [f"reward.weights_path={save_tiny_imagereward(folder)[0]}"]
-    raise ValueError(f"no tiny model for reward {name!r}")
+        return [f"{key}.weights_path={save_tiny_imagereward(folder)[0]}"]
+    raise ValueError(f"no tiny model for scorer {name!r}")
