@@ -19,6 +19,6 @@ def test_scale_benchmark_writes_table_and_plot(ray_local, tmp_path):
         cap = row["actors"] * settings["per_task"] / settings["latency_s"]
         assert 0 < row["rollouts_per_s"] <= 1.05 * cap
     assert rows[1]["rollouts_per_s"] > rows[0]["rollouts_per_s"]  # two actors do more work
-    # mu + log_sigma (4 prompts, fp32) + the sigma_range buffer
-    assert rows[0]["weights_bytes"] == 2 * 4 * 3 * 8 * 8 * 4 + 2 * 4
+    # mu + log_sigma (4 prompts, fp32) + the sigma_range (2 x fp32) and shell_mode (int64) buffers
+    assert rows[0]["weights_bytes"] == 2 * 4 * 3 * 8 * 8 * 4 + 2 * 4 + 8
     assert (tmp_path / "scale.png").is_file() and "| 2 |" in (tmp_path / "scale.md").read_text()
