@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from find_ray.config import load_config
-from find_ray.eval.report import ci_cell, md_table, publish, write_json
+from find_ray.eval.report import ci_cell, fmt, md_table, publish, write_json
 from find_ray.runs.folder import finished_with
 from find_ray.runs.in_process import train_in_process
 
@@ -96,7 +96,17 @@ def cell_row(factor: str, method: str, run_dir: Path, overrides: list[str]) -> d
         "kl_update_max": max(logged.get("kl_update_max", [float("nan")])),
         "kl_to_prior": logged.get("kl_to_prior_total", [float("nan")])[-1],
         "final_reward": logged["reward_mean"][-1],
+        **quality_of(metrics),
     }
+
+
+def quality_of(metrics: dict) -> dict:
+    """The artifact rate's relative change and the trained latents' ||z||^2 / d of a report
+    (NaN for runs reported before these figures existed)."""
+    quality = metrics.get("quality", {})
+    artifacts = quality.get("artifacts", {}).get("relative", float("nan"))
+    shell = quality.get("shell", {}).get("trained", {}).get("shell_mean", float("nan"))
+    return {"artifacts_relative": artifacts, "shell": shell}
 
 
 def run_cell(config: str, factor: str, method: str, overrides: list[str], runs: Path) -> dict:
@@ -140,14 +150,16 @@ def sweep_table(rows: list[dict]) -> list[str]:
     """One row a cell: its exact-match gain and the learner's statistics."""
     header = ["factor", "method", "exact gain [95 % CI]", "exact after", "clip fraction"]
     header += ["adv. var. after / before", "max KL per update", "KL to N(0, I)"]
-    header += ["diversity ratio"]
+    header += ["diversity ratio", "artifacts, % change", "‖z_T‖² / d"]
     cells = [
         [r["factor"], r["method"], ci_cell(**r["exact"]), f"{r['exact_after']:.3f}"]
         + [f"{r['clip_fraction']:.2f}", f"{r['adv_var_ratio']:.2f}", f"{r['kl_update_max']:.3g}"]
         + [f"{r['kl_to_prior']:.3g}", f"{r['diversity_ratio']:.2f}"]
+        + [fmt(100 * r.get("artifacts_relative", float("nan")), "+.0f")]
+        + [fmt(r.get("shell", float("nan")))]
         for r in rows
     ]
-    return md_table(header, cells, "lllrrrrrr")
+    return md_table(header, cells, "lllrrrrrrrr")
 
 
 def plot(rows: list[dict], path: Path) -> None:
