@@ -113,7 +113,12 @@ def test_eval_run_compares_a_runs_policy_on_another_suite(tiny_shapes_dir, tmp_p
     assert metrics["prompts"] == ["a red circle", "three green triangles"]
     assert metrics["policy_kind"] == kind.replace("_", "-")
     assert metrics["diversity"]["ratio"] > 0 and "scores" in metrics["gains"]
+    # the quality figures and the shell beside the gains, for seen and unseen prompts alike
+    quality = metrics["quality"]
+    assert {"quality", "artifacts", "dirty_background", "shell"} <= set(quality)
+    assert quality["shell"]["d"] == 3 * 32 * 32 and 0 <= quality["artifacts"]["base"] <= 1
     report = (run / "eval-unseen" / "report.md").read_text()
+    assert "| artifacts |" in report
     if kind == "per_prompt":
         assert metrics["base_only"] == ["three green triangles"]
         assert "1 of 2 prompts have no trained policy" in result.stdout
