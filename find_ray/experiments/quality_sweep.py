@@ -41,6 +41,14 @@ CELLS: dict[str, list[str]] = {
 }
 
 
+def kept_rows(out: Path, overrides: list[str]) -> list[dict]:
+    """The rows of an earlier quality_sweep.json made with the same overrides (a sweep grows
+    over several invocations: finalists get more seeds later)."""
+    path = out / "quality_sweep.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    return data.get("cells", []) if data.get("overrides") == overrides else []
+
+
 def cell_row(cell: str, result: dict) -> dict:
     """A cell's figures from its alignment results: means over its seeds, and seed 0's CI."""
     s, first = result["summary"], result["seeds"][0]["train"]
@@ -51,6 +59,7 @@ def cell_row(cell: str, result: dict) -> dict:
     return {
         "cell": cell,
         "seeds": len(result["seeds"]),
+        "seed_list": [r["seed"] for r in result["seeds"]],
         "exact_after": mean("exact_after"),
         "gain": mean("train_gain"),
         "gain_sd": s["train_gain"]["sd"],
@@ -62,6 +71,18 @@ def cell_row(cell: str, result: dict) -> dict:
         "find_best_of_4": s.get("find_best_of", {}).get("4", {}).get("mean", math.nan),
         "base_best_of_4": result["references"].get("best_of_4", math.nan),
     }
+
+
+def commands(rows: list[dict], overrides: list[str]) -> list[str]:
+    """The command lines that made the rows: one per set of seeds."""
+    by_seeds: dict[tuple, list[str]] = {}
+    for r in rows:
+        by_seeds.setdefault(tuple(r.get("seed_list", [0])), []).append(r["cell"])
+    return [
+        f"`python benchmarks/quality_sweep.py --cells {' '.join(cells)} --seeds "
+        f"{' '.join(map(str, seeds))} -- {' '.join(overrides)}`\n"
+        for seeds, cells in by_seeds.items()
+    ]
 
 
 def sweep_table(rows: list[dict]) -> list[str]:
@@ -109,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("overrides", nargs="*", help="config overrides for every cell")
     args = parser.parse_args(argv)
-    out, rows = Path(args.out), []
+    out = Path(args.out)
+    rows = [r for r in kept_rows(out, args.overrides) if r["cell"] not in args.cells]
     for cell in args.cells:  # the table is rewritten after every cell: a killed sweep keeps it
         seeds = [str(seed) for seed in args.seeds]
         name = f"quality-{cell}"
@@ -117,11 +139,10 @@ def main(argv: list[str] | None = None) -> None:
         overrides = [*args.overrides, *CELLS[cell]]  # before --seeds: it takes what follows
         alignment.main(["--name", name, *common, *overrides, "--seeds", *seeds])
         rows.append(cell_row(cell, json.loads((out / f"{name}.json").read_text())))
+        rows.sort(key=lambda r: list(CELLS).index(r["cell"]))
         write_json(out / "quality_sweep.json", {"overrides": args.overrides, "cells": rows})
         plot(rows, out / "quality_sweep.png")
-        command = f"python benchmarks/quality_sweep.py --cells {' '.join(args.cells)} --seeds "
-        command += f"{' '.join(seeds)} -- {' '.join(args.overrides)}"
-        publish(out / "quality_sweep.md", [f"`{command}`", "", *sweep_table(rows)])
+        publish(out / "quality_sweep.md", [*commands(rows, args.overrides), *sweep_table(rows)])
 
 
 if __name__ == "__main__":
