@@ -238,7 +238,7 @@ class PolicyConfig:
     # project: the action y = mu + sigma * eps is Gaussian (its exact log-prob makes the
     #   ratio), the denoiser gets z = sqrt(d) y / ||y|| (the projection is the environment's);
     # tied: sigma = sqrt(1 - ||mu||^2 / d) per prompt, so E ||z||^2 = d, log-prob exact in z
-    shell: Literal["none", "project", "tied"] = "none"
+    shell: Literal["none", "project", "tied"] = "project"
 
     def __post_init__(self) -> None:
         if self.hidden < 1 or self.grid < 1:

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from find_ray import cli
+from find_ray.algo.gaussian import project_to_shell
 from find_ray.algo.noise import normals_by_index
 from find_ray.algo.policy_files import load_policy
 from find_ray.config import load_config
@@ -135,7 +136,8 @@ def test_trained_and_base_images_share_their_noise(run_dir):
     eps = normals_by_index(gen.backend.latent_shape, range(7, 11))
     mu, sigma = gen.run.policy.mean_std(torch.tensor([0]))
     torch.testing.assert_close(gen.noise(base, gen.run), eps)
-    torch.testing.assert_close(gen.noise(trained, gen.run), mu + sigma * eps)
+    on_shell = project_to_shell(mu + sigma * eps)  # the default policy.shell: project
+    torch.testing.assert_close(gen.noise(trained, gen.run), on_shell)
 
 
 def test_an_amortized_run_serves_prompts_it_never_trained(tmp_path):
@@ -156,7 +158,7 @@ def test_an_amortized_run_serves_prompts_it_never_trained(tmp_path):
     with torch.no_grad():
         mu, sigma = gen.run.policy.mean_std_of(gen.backend.encode_prompts(["something new"]))
     assert mu.abs().max() > 0  # it moved from N(0, I), also for this prompt
-    torch.testing.assert_close(gen.noise(job, gen.run), mu + sigma * eps)
+    torch.testing.assert_close(gen.noise(job, gen.run), project_to_shell(mu + sigma * eps))
     (result,) = gen.generate([job])
     assert result.images.shape[0] == 3 and result.policy_version == 3
 

@@ -31,12 +31,12 @@ from find_ray.experiments import alignment
 
 RESULTS = Path("benchmarks/results") / "alignment"
 CELLS: dict[str, list[str]] = {
-    "plain": [],
+    "plain": ["policy.shell=none"],
     "project": ["policy.shell=project"],
     "tied": ["policy.shell=tied"],
-    "kl_0.005": ["learner.loss.kl_weight=0.005"],
-    "kl_0.02": ["learner.loss.kl_weight=0.02"],
-    "quality_5": ["reward.quality_weight=5"],
+    "kl_0.005": ["policy.shell=none", "learner.loss.kl_weight=0.005"],
+    "kl_0.02": ["policy.shell=none", "learner.loss.kl_weight=0.02"],
+    "quality_5": ["policy.shell=none", "reward.quality_weight=5"],
     "project_quality_5": ["policy.shell=project", "reward.quality_weight=5"],
 }
 
