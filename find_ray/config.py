@@ -125,11 +125,12 @@ class RewardConfig(ScorerConfig):
 
 @dataclass
 class QualityConfig(ScorerConfig):
-    """The image-quality scorer reported beside every gain ("": none): shapes_quality on the
-    shapes world, the LAION aesthetic predictor on SD configs."""
+    """The image-quality scorer reported beside every gain: a scorer name, "" for none, or
+    "auto": the shapes world's artifact figure (shapes_quality) with the shapes reward, none
+    with another (the SD configs name the LAION aesthetic predictor)."""
 
     key = "eval.quality"
-    name: str = "shapes_quality"
+    name: str = "auto"
 
 
 @dataclass
@@ -237,7 +238,8 @@ class PolicyConfig:
     # none: z = mu + sigma * eps (a mean moves ||z||^2 / d to 1 + ||mu||^2 / d);
     # project: the action y = mu + sigma * eps is Gaussian (its exact log-prob makes the
     #   ratio), the denoiser gets z = sqrt(d) y / ||y|| (the projection is the environment's);
-    # tied: sigma = sqrt(1 - ||mu||^2 / d) per prompt, so E ||z||^2 = d, log-prob exact in z
+    # tied: sigma = sqrt(1 - ||mu||^2 / d) per prompt (floored at learner.sigma_min), so
+    #   E ||z||^2 = d while ||mu||^2 / d <= 1 - sigma_min^2; log-prob exact in z
     shell: Literal["none", "project", "tied"] = "project"
 
     def __post_init__(self) -> None:
@@ -317,6 +319,20 @@ def load_structured(schema: type, path: str | Path | None, overrides: list[str] 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None):
     """The validated FindRayConfig from a YAML file (optional) and `key=value` overrides."""
     return load_structured(FindRayConfig, path, overrides)
+
+
+# Defaults that changed: a run's saved config without the key ran with the old value.
+EARLIER_DEFAULTS = {"policy.shell": "none"}
+
+
+def load_saved_config(path: str | Path, overrides: list[str] | None = None) -> FindRayConfig:
+    """A config.yaml that a run wrote, with `overrides`; a key whose default has changed since
+    (EARLIER_DEFAULTS) and that the file lacks is read with the value the run had."""
+    saved = OmegaConf.load(path) if Path(path).is_file() else OmegaConf.create()
+    earlier = [
+        f"{k}={v}" for k, v in EARLIER_DEFAULTS.items() if OmegaConf.select(saved, k) is None
+    ]
+    return load_config(path, [*earlier, *(overrides or [])])
 
 
 def to_yaml(cfg: FindRayConfig) -> str:

@@ -44,13 +44,20 @@ def test_best_of_n_picks_the_argmax_of_each_group_and_costs_n_times_the_images()
         assert len(b.images) == 2  # the grid shows the first two picks
 
 
-def test_a_policy_and_the_base_choose_from_the_same_candidates():
-    policy = PerPromptPolicy(3, (3, 8, 8))
+def test_a_policy_picks_from_its_own_latents_of_the_bases_candidates():
+    """Under a policy, the N candidates of a result are the policy's latents of the same eps
+    the base's N candidates are: each pick's ||z||^2 / d is that of the policy's pooled sample
+    at the picked index, and it differs from the base's at the same index."""
+    policy = PerPromptPolicy(3, (3, 8, 8), shell="none")
     with torch.no_grad():
-        policy.mu.fill_(0.5)  # brighter images: the policy's picks beat the base's
-    base, _ = run(best_of=4)
-    trained, _ = run(best_of=4, transform=policy_transform(policy))
-    one, _ = run(best_of=1, transform=policy_transform(policy))
-    for b, t, o in zip(base, trained, one, strict=True):
-        assert (t.scores > b.scores).all()  # same eps, shifted by mu: every pick is brighter
-        assert t.scores.mean() > o.scores.mean()  # and the best of 4 beats one sample
+        policy.mu.fill_(0.5)
+    transform = policy_transform(policy)
+    pool, _ = run(best_of=1, transform=transform, k=12)
+    base_pool, _ = run(best_of=1, k=12)
+    best, _ = run(best_of=3, transform=transform, k=4)
+    for p, b, base in zip(pool, best, base_pool, strict=True):
+        picked = p.scores.reshape(4, 3).argmax(1) + 3 * np.arange(4)
+        np.testing.assert_allclose(b.scores, p.scores[picked])
+        np.testing.assert_allclose(b.shell, p.shell[picked])
+        assert not np.allclose(b.shell, base.shell[picked])  # mu + eps, not eps
+        assert (p.scores > base.scores).all()  # sample by sample, on the same eps

@@ -81,3 +81,35 @@ def test_bad_yaml_key_names_the_key(tmp_path):
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="not found"):
         load_config("nowhere.yaml")
+
+
+def test_the_quality_scorer_follows_the_reward_unless_named():
+    from find_ray.rewards import check_scorers, quality_config
+
+    cfg = load_config(None, [])
+    assert quality_config(cfg.eval.quality, cfg.reward).name == "shapes_quality"  # auto
+    other = load_config(None, ["reward.name=brightness"])
+    assert quality_config(other.eval.quality, other.reward) is None  # no figure for it
+    named = load_config("configs/sd15.yaml")
+    assert quality_config(named.eval.quality, named.reward).name == "aesthetic"
+    weighted = load_config(None, ["reward.name=brightness", "reward.quality_weight=1"])
+    with pytest.raises(ConfigError, match="reward.quality_weight"):
+        check_scorers(weighted)  # before any actor or model is loaded
+
+
+def test_a_saved_config_keeps_the_defaults_it_ran_with(tmp_path):
+    """A run saved before `policy.shell` existed ran without the projection: it reads back so,
+    and is not taken for a run of today's default."""
+    from omegaconf import OmegaConf
+
+    from find_ray.config import load_saved_config, to_yaml
+
+    cfg = load_config(None, ["train.iterations=3"])
+    saved = OmegaConf.to_container(OmegaConf.create(to_yaml(cfg)))
+    del saved["policy"]["shell"]
+    path = tmp_path / "config.yaml"
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(saved)))
+    assert load_saved_config(path).policy.shell == "none" and cfg.policy.shell == "project"
+    path.write_text(to_yaml(cfg))  # a config written today keeps its own value
+    assert load_saved_config(path).policy.shell == "project"
+    assert load_saved_config(path, ["policy.shell=tied"]).policy.shell == "tied"

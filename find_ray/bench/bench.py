@@ -18,7 +18,13 @@ from find_ray.bench.config import BenchConfig
 from find_ray.eval.evaluate import PromptResult, evaluate, score_plan
 from find_ray.eval.stats import paired_bootstrap_ci
 from find_ray.prompts import load_suite
-from find_ray.rewards import make_differentiable_reward, make_reward, make_scorer, with_quality
+from find_ray.rewards import (
+    make_differentiable_reward,
+    make_reward,
+    make_scorer,
+    quality_config,
+    with_quality,
+)
 
 
 @dataclass
@@ -52,8 +58,9 @@ class Bench:
         )
         self.reward = make_reward(cfg.reward)  # what the training methods follow
         self.eval_reward = self.reward  # what evaluates: with the quality figures beside it
-        if cfg.quality.name:
-            self.eval_reward = with_quality(self.reward, make_scorer(cfg.quality))
+        quality = quality_config(cfg.quality, cfg.reward)
+        if quality is not None:
+            self.eval_reward = with_quality(self.reward, make_scorer(quality))
         self.out = Path(self.settings.out_dir)
         self.calls = denoiser_calls(cfg.model.steps, cfg.model.guidance)
         self._base: list[PromptResult] | None = None

@@ -59,10 +59,17 @@ class BenchSettings:
 
 
 @dataclass
+class BenchQualityConfig(QualityConfig):
+    """The quality scorer beside every row (`quality.*` in a bench config)."""
+
+    key = "quality"
+
+
+@dataclass
 class BenchConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
-    quality: QualityConfig = field(default_factory=QualityConfig)  # beside every row ("": none)
+    quality: BenchQualityConfig = field(default_factory=BenchQualityConfig)
     bench: BenchSettings = field(default_factory=BenchSettings)
 
 

@@ -120,6 +120,8 @@ def run_find(bench: Bench) -> list[Point]:
             )
         done = counter["train"]
         start = time.perf_counter()
+    if not points:
+        raise RuntimeError(f"FIND crossed no budget of {s.budgets} in {iterations} iterations")
     # the policy at the largest budget as the proposal of best-of-N
     return points + best_of_points(bench, "find_best_of_n", results, points[-1].train_nfe, wall)
 

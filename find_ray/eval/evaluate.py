@@ -117,8 +117,9 @@ def grid_rows(batch: list[EvalJob], grid_samples: int) -> list[int]:
 
 def best_of_picks(scores: np.ndarray, best_of: int) -> np.ndarray:
     """The index of the best-scored sample of each consecutive group of `best_of`: which
-    candidate a reward-picked best-of-N keeps."""
-    groups = np.asarray(scores).reshape(-1, best_of)
+    candidate a reward-picked best-of-N keeps (a NaN score, a failed scorer's, never wins)."""
+    groups = np.asarray(scores, dtype=float).reshape(-1, best_of)
+    groups = np.where(np.isnan(groups), -np.inf, groups)
     return np.arange(len(groups)) * best_of + groups.argmax(1)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -218,6 +218,13 @@ def gain_lines(gains: Gains, diversity: dict[str, float], e: EvalConfig) -> list
     return lines
 
 
+@dataclass
+class FindReport:
+    path: Path  # report.md
+    gains: Gains
+    figures: dict  # `quality_and_shell`
+
+
 def write_find_report(
     cfg: FindRayConfig,
     prompts: list[str],
@@ -227,7 +234,7 @@ def write_find_report(
     sections: Sequence[str] = (),
     extra: dict | None = None,
     header: list[str] | None = None,
-) -> tuple[Path, Gains]:
+) -> FindReport:
     """Base vs trained policy on the same eval seeds: report.md (table, paired bootstrap CIs,
     image diversity), metrics.json and before_after.png. `header` replaces the training run's
     title and description."""
@@ -262,7 +269,7 @@ def write_find_report(
         },
     }
     write_json(out / "metrics.json", {**metrics, **(extra or {})})
-    return out / "report.md", gains
+    return FindReport(out / "report.md", gains, figures)
 
 
 def _matrix(results: list[PromptResult], metric: str) -> np.ndarray:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from find_ray.backends import make_backend
+from find_ray.backends import denoiser_calls, make_backend
 from find_ray.config import FindRayConfig, load_config
 from find_ray.eval.evaluate import evaluate
 from find_ray.eval.report import ci_cell, md_table, publish, write_json
@@ -41,11 +41,6 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
-def nfe_per_sample(cfg: FindRayConfig) -> int:
-    """Denoiser calls for one image: steps, doubled under classifier-free guidance."""
-    return cfg.model.steps * (2 if cfg.model.guidance > 1.0 else 1)
-
-
 def best_of_n_curve(cfg: FindRayConfig, pool_size: int) -> list[dict[str, float]]:
     """Mean over prompts of E[best-of-N score] of the base policy, for N = 1, 2, 4, ..."""
     prompts = train_prompts(cfg)
@@ -63,7 +58,7 @@ def best_of_n_curve(cfg: FindRayConfig, pool_size: int) -> list[dict[str, float]
     return [
         {
             "n": n,
-            "nfe": n * nfe_per_sample(cfg),
+            "nfe": n * denoiser_calls(cfg.model.steps, cfg.model.guidance),
             "score": float(np.mean([expected_best_of(r.scores, n) for r in pool])),
             "exact": float(np.mean([expected_best_of(r.exact, n) for r in pool])),
         }
@@ -89,7 +84,9 @@ def read_variant(cfg: FindRayConfig, name: str, run_dir: Path) -> dict:
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     rewards = events.Scalars("reward_mean")
-    per_iteration = cfg.train.samples_per_prompt * nfe_per_sample(cfg)
+    per_iteration = cfg.train.samples_per_prompt * denoiser_calls(
+        cfg.model.steps, cfg.model.guidance
+    )
     span = rewards[-1].wall_time - rewards[0].wall_time
     train_seconds = span * len(rewards) / max(len(rewards) - 1, 1)  # first iteration included
     return {

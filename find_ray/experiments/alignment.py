@@ -69,7 +69,8 @@ def kl_to_prior(run_dir: Path) -> float:
 
 def cached_base(cfg: FindRayConfig, prompts: list[str], path: Path) -> list[PromptResult]:
     """The base policy's eval results on `prompts` (pickled at `path`: computed once)."""
-    key = [prompts, OmegaConf.to_yaml(OmegaConf.structured(cfg.model))]
+    sections = (cfg.model, cfg.reward, cfg.eval)  # whatever changes the base's results
+    key = [prompts, *(OmegaConf.to_yaml(OmegaConf.structured(s)) for s in sections)]
     if path.is_file():
         cached = pickle.loads(path.read_bytes())
         if cached["key"] == key:

@@ -11,6 +11,7 @@ any actor starts, without loading them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -42,11 +43,24 @@ def check_reward(cfg: ScorerConfig) -> None:
         CHECKS[cfg.name](cfg)
 
 
+def quality_config(quality: ScorerConfig, reward: ScorerConfig) -> ScorerConfig | None:
+    """The quality scorer to report beside `reward`, "auto" resolved (shapes_quality with the
+    shapes reward, none with another); None for none."""
+    name = quality.name
+    if name == "auto":
+        name = "shapes_quality" if reward.name == "shapes" else ""
+    return dataclasses.replace(quality, name=name) if name else None
+
+
 def check_scorers(cfg: FindRayConfig) -> None:
-    """`check_reward` for the reward and, when one is set, the quality scorer."""
+    """`check_reward` for the reward and the quality scorer; a quality term in the reward
+    without a quality scorer is a config error too."""
     check_reward(cfg.reward)
-    if cfg.eval.quality.name:
-        check_reward(cfg.eval.quality)
+    quality = quality_config(cfg.eval.quality, cfg.reward)
+    if quality is not None:
+        check_reward(quality)
+    elif cfg.reward.quality_weight > 0:
+        raise ConfigError("config key 'reward.quality_weight': needs a scorer in eval.quality.name")
 
 
 def make_scorer(cfg: ScorerConfig) -> RewardFn:
@@ -76,22 +90,23 @@ def with_quality(reward: RewardFn, quality: RewardFn, weight: float = 0.0) -> Re
     return score
 
 
-def training_reward(cfg: FindRayConfig) -> RewardFn:
-    """What the rollouts are scored by: the reward, plus `reward.quality_weight` times the
-    quality scorer's score when that weight is set."""
+def scorers(cfg: FindRayConfig) -> tuple[RewardFn, RewardFn]:
+    """(training, evaluation), sharing one reward and one quality scorer model. Rollouts are
+    scored by the reward plus `reward.quality_weight` times the quality scorer's score;
+    evaluation by the reward alone, with the quality figures beside it."""
+    check_scorers(cfg)
     reward = make_reward(cfg.reward)
-    if cfg.reward.quality_weight > 0:
-        if not cfg.eval.quality.name:
-            raise ConfigError("config key 'reward.quality_weight': needs eval.quality.name")
-        return with_quality(reward, make_scorer(cfg.eval.quality), cfg.reward.quality_weight)
-    return reward
+    config = quality_config(cfg.eval.quality, cfg.reward)
+    if config is None:
+        return reward, reward
+    quality, weight = make_scorer(config), cfg.reward.quality_weight
+    training = with_quality(reward, quality, weight) if weight > 0 else reward
+    return training, with_quality(reward, quality)
 
 
 def evaluation_reward(cfg: FindRayConfig) -> RewardFn:
-    """What evaluation scores by: the reward alone (never its quality term), with the quality
-    scorer's figures beside it when one is set."""
-    reward = make_reward(cfg.reward)
-    return with_quality(reward, make_scorer(cfg.eval.quality)) if cfg.eval.quality.name else reward
+    """The reward with the quality figures beside it (`scorers`)."""
+    return scorers(cfg)[1]
 
 
 def make_differentiable_reward(cfg: RewardConfig) -> DifferentiableRewardFn:

@@ -22,10 +22,10 @@ from find_ray.algo.amortized import AmortizedNoisePolicy
 from find_ray.algo.gaussian import reparameterise
 from find_ray.algo.policy import NoisePolicy
 from find_ray.algo.policy_files import load_policy, read_policy_metadata
-from find_ray.config import FindRayConfig, load_config, to_yaml
+from find_ray.config import FindRayConfig, load_saved_config, to_yaml
 from find_ray.errors import FindRayError, ModelPathError
 from find_ray.eval.evaluate import PromptResult
-from find_ray.eval.report import Gains, quality_and_shell, suite_grid, write_find_report
+from find_ray.eval.report import Gains, suite_grid, write_find_report
 from find_ray.images import stack
 from find_ray.runs.logger import RunLogger
 
@@ -62,13 +62,13 @@ def finish_run(
     (`results`, on the same eval noise), before/after grids per prompt; closes the logger."""
     out, (before, after) = Path(cfg.train.out_dir), results
     policy.save(out / "policy.safetensors", version, prompts)
-    report, gains = write_find_report(cfg, prompts, before, after, out, sections, extra)
-    logger.eval_figures(quality_and_shell(before, after), version)
+    report = write_find_report(cfg, prompts, before, after, out, sections, extra)
+    logger.eval_figures(report.figures, version)
     for p, (b, a) in enumerate(zip(before, after, strict=True)):
         grid = stack([suite_grid([b]), suite_grid([a])]).convert("RGB")
         logger.image(f"before_after/p{p:02d}", np.asarray(grid), version)
     logger.close()
-    return TrainResult(out, report, logger.history, gains)
+    return TrainResult(out, report.path, logger.history, report.gains)
 
 
 @dataclass
@@ -119,7 +119,7 @@ def finished_with(run_dir: str | Path, cfg: FindRayConfig) -> bool:
     if not (metrics.is_file() and config.is_file()):
         return False
     try:
-        return to_yaml(load_config(config)) == to_yaml(cfg)
+        return to_yaml(load_saved_config(config)) == to_yaml(cfg)
     except FindRayError:  # a key that no longer exists: not the same run
         return False
 
@@ -133,7 +133,7 @@ def read_run_config(run_dir: str | Path) -> FindRayConfig:
     if not config.is_file():
         raise ModelPathError(f"not a run folder: no {config} (written by `find-ray train`)")
     try:
-        return load_config(config)
+        return load_saved_config(config)
     except FindRayError as e:
         raise ModelPathError(f"{config}: {e}") from None
 

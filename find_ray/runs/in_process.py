@@ -9,7 +9,7 @@ from find_ray.backends import make_backend
 from find_ray.config import FindRayConfig
 from find_ray.eval.evaluate import evaluate_policy
 from find_ray.prompts import train_prompts
-from find_ray.rewards import check_scorers, evaluation_reward, training_reward
+from find_ray.rewards import check_scorers, scorers
 from find_ray.runs.folder import TrainResult, finish_run, start_run
 from find_ray.runs.logger import RunLogger
 
@@ -19,13 +19,12 @@ def train_in_process(cfg: FindRayConfig) -> TrainResult:
     prompts = train_prompts(cfg)
     check_scorers(cfg)
     out = start_run(cfg)
-    backend, reward = make_backend(cfg.model), training_reward(cfg)
+    backend, (reward, scorer) = make_backend(cfg.model), scorers(cfg)
     logger = RunLogger(out, cfg.train.iterations)
     loop = FindLoop(cfg, backend, reward, prompts)
     for version, metrics in enumerate(loop, start=1):
         logger.log(version, metrics, clip=f"{metrics.get('clip_fraction', 0):.2f}")
     torch.save(loop.learner.state_dict(), out / "learner.pt")
-    scorer = evaluation_reward(cfg)
     before = evaluate_policy(backend, scorer, prompts, cfg.eval)
     after = evaluate_policy(backend, scorer, prompts, cfg.eval, loop.learner.policy)
     policy, version = loop.learner.policy, loop.learner.version

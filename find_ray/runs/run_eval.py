@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from find_ray.algo.gaussian import reparameterise, standard_normal_kl
+from find_ray.algo.gaussian import standard_normal_kl
 from find_ray.backends import make_backend
-from find_ray.config import FindRayConfig, load_config
+from find_ray.config import FindRayConfig, load_saved_config
 from find_ray.eval.evaluate import NoiseTransform, PromptResult, evaluate, evaluate_policy
 from find_ray.eval.report import write_find_report
 from find_ray.prompts import load_suite, train_prompts
@@ -24,8 +24,8 @@ from find_ray.runs.folder import RunPolicy, load_run_policy, read_run_config
 def run_transform(
     run: RunPolicy, prompts: list[str], encode
 ) -> tuple[NoiseTransform, dict[int, tuple[torch.Tensor, torch.Tensor]]]:
-    """eps -> mu_c + sigma_c * eps for the prompts the run's policy covers (identity for the
-    rest), and those prompts' (mu, sigma) by suite index."""
+    """eps -> the run's latent for it (`RunPolicy.noise`) for the prompts its policy covers
+    (eps itself, the base, for the rest), and those prompts' (mu, sigma) by suite index."""
     covered = [i for i, p in enumerate(prompts) if run.covers(p)]
     params = {}
     if covered:
@@ -33,9 +33,7 @@ def run_transform(
         params = {i: (mu[n : n + 1], sigma[n : n + 1]) for n, i in enumerate(covered)}
 
     def transform(prompt_index: int, eps: torch.Tensor) -> torch.Tensor:
-        if prompt_index not in params:
-            return eps
-        return run.policy.latent(reparameterise(*params[prompt_index], eps))
+        return run.noise(prompts[prompt_index], eps, encode)
 
     return transform, params
 
@@ -43,7 +41,7 @@ def run_transform(
 def run_config(run_dir: str | Path, overrides: list[str]) -> FindRayConfig:
     """The run's config.yaml with `overrides`; a missing folder or file is one clear error."""
     read_run_config(run_dir)
-    return load_config(Path(run_dir).expanduser() / "config.yaml", overrides)
+    return load_saved_config(Path(run_dir).expanduser() / "config.yaml", overrides)
 
 
 def evaluate_run(
@@ -114,5 +112,4 @@ def evaluate_run(
         "base_only": base_only,
         "kl_to_prior": kl,
     }
-    report, _ = write_find_report(cfg, prompts, before, after, out, header=header, extra=extra)
-    return report
+    return write_find_report(cfg, prompts, before, after, out, header=header, extra=extra).path

@@ -2,8 +2,10 @@
 
 Plain Python (no Ray): the Serve deployment holds one, the overhead benchmark calls it
 directly. Image i of a request is sampled from seed + i: eps = randn(seed + i), z_T = eps
-under the base policy and mu_c + sigma_c * eps under the trained one, so base and trained
-images from the same seed are a paired comparison.
+under the base policy and the trained policy's latent for eps (`RunPolicy.noise`: mu_c +
+sigma_c * eps, projected onto the Gaussian shell under `policy.shell: project`) under the
+trained one, so base and trained images from the same seed are a paired comparison. With
+best_of N, image i is the reward's pick of the seeds `Job.candidate_seeds` names.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from find_ray.eval.shell import shell_radius
 from find_ray.prompts import train_prompts
 from find_ray.rewards import RewardFn, check_prompts, evaluation_reward
 from find_ray.runs.folder import RunPolicy, load_run_policy, read_run_config
-from find_ray.serve.schema import RequestError
+from find_ray.serve.schema import MAX_CANDIDATES, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,9 @@ class RunInfo:
             raise RequestError(422, why, "policy")
         steps = self.steps if steps is None else steps
         guidance = self.guidance if guidance is None else guidance
+        if n * best_of > MAX_CANDIDATES:
+            why = f"field 'best_of': n x best_of = {n * best_of} > {MAX_CANDIDATES} samples"
+            raise RequestError(422, why, "best_of")
         if best_of > 1 and not self.scored:
             why = "field 'best_of': needs the run's reward at serve time (find-ray serve --score)"
             raise RequestError(422, why, "best_of")

@@ -10,6 +10,7 @@ from find_ray.errors import FindRayError
 
 MAX_PROMPT_CHARS = 300
 MAX_IMAGES = 16
+MAX_CANDIDATES = 64  # n x best_of: images one request may make the pipeline sample
 MAX_BODY_BYTES = 16_384  # a request body is a few hundred bytes; anything larger is refused
 
 PolicyKind = Literal["trained", "amortized", "base"]

@@ -32,7 +32,7 @@ from find_ray.config import (
 )
 from find_ray.eval.evaluate import EvalJob, policy_transform, sample_eval_batch, score_eval_batch
 from find_ray.images import image_grid, to_uint8
-from find_ray.rewards import evaluation_reward, training_reward
+from find_ray.rewards import scorers
 
 log = logging.getLogger(__name__)
 STARTUP_TIMEOUT_S = 600.0
@@ -111,8 +111,8 @@ class RewardActor:
 
     def __init__(self, cfg: FindRayConfig, prompts: list[str], torch_threads: int) -> None:
         torch.set_num_threads(torch_threads)
-        self.reward, self.prompts = training_reward(cfg), prompts
-        self.eval_reward = evaluation_reward(cfg)
+        self.reward, self.eval_reward = scorers(cfg)  # one model each, shared
+        self.prompts = prompts
         self.prompt_rows = prompt_table(prompts)
 
     def pid(self) -> int:
@@ -144,8 +144,9 @@ class RewardActor:
 
     def score_eval(
         self, images: Tensor, prompts: list[str], rows: list[int]
-    ) -> tuple[Tensor, dict[str, Tensor], np.ndarray]:
-        """An eval batch's scores and the uint8 thumbnails of its grid rows."""
+    ) -> tuple[Tensor, dict[str, Tensor], np.ndarray, np.ndarray]:
+        """An eval batch's scores and figures, the uint8 thumbnails of its grid rows and the
+        diversity features of its images (`score_eval_batch`)."""
         return score_eval_batch(self.eval_reward, images, prompts, rows)
 
 

@@ -31,7 +31,7 @@ from find_ray.algo.loop import reward_metrics
 from find_ray.algo.policy_files import policy_from_state
 from find_ray.algo.rollout import iteration_prompt_ids
 from find_ray.backends import check_model
-from find_ray.config import FindRayConfig, RayConfig, load_config, to_yaml
+from find_ray.config import FindRayConfig, RayConfig, load_saved_config, to_yaml
 from find_ray.errors import FindRayError
 from find_ray.eval.report import md_table
 from find_ray.prompts import train_prompts
@@ -305,7 +305,7 @@ def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Fi
     config = Path(run_dir) / "config.yaml"
     if not config.is_file():
         raise FindRayError(f"{run_dir} is not a run folder (no config.yaml)")
-    return load_config(config, [*(overrides or []), f"train.out_dir={run_dir}"])
+    return load_saved_config(config, [*(overrides or []), f"train.out_dir={run_dir}"])
 
 
 def resume_with_ray(run_dir: str | Path, overrides: list[str] | None = None) -> TrainResult:
