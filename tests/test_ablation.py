@@ -31,6 +31,7 @@ def test_ablation_runs_end_to_end_on_a_tiny_model(tiny_shapes_dir, tmp_path, mon
         "--pool",
         "2",
         *tiny_run_args(tmp_path, tiny_shapes_dir, "[a red circle]", 2),
+        "model.guidance=1.5",  # CFG: two denoiser calls per step
     ]
     ablation.main(args)
     data = json.loads((tmp_path / "results" / "ablation.json").read_text())
