@@ -40,7 +40,7 @@ from find_ray.eval.report import ci_cell, fmt, md_table, write_json
 from find_ray.eval.stats import expected_best_of
 from find_ray.prompts import load_suite, train_prompts
 from find_ray.rewards import evaluation_reward
-from find_ray.runs.folder import finished_with
+from find_ray.runs.folder import finished_with, runs_as
 
 RESULTS = Path("benchmarks/results") / "alignment"
 BEST_OF = (1, 2, 4, 8, 16)
@@ -269,7 +269,11 @@ def main(argv: list[str] | None = None) -> None:
             args.config, [*args.overrides, f"train.seed={seed}", f"train.out_dir={run_dir}"]
         )
         row = recorded.get(seed)
-        if not finished_with(run_dir, seed_cfg) and row and row.get("config") == to_yaml(seed_cfg):
+        if (
+            not finished_with(run_dir, seed_cfg)
+            and row
+            and runs_as(row.get("config", ""), seed_cfg)
+        ):
             print(f"seed {seed}: reusing its row in the results file (no run folder here)")
             rows.append(row)
             continue

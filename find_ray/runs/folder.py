@@ -10,8 +10,9 @@ moment). The newest of these by learner version is the run's policy.
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from find_ray.errors import FindRayError, ModelPathError
 from find_ray.eval.evaluate import PromptResult
 from find_ray.eval.report import Gains, suite_grid, write_find_report
 from find_ray.images import stack
+from find_ray.rewards import quality_config
 from find_ray.runs.logger import RunLogger
 
 POLICY_FILES = ("policy.safetensors", "checkpoint/policy.safetensors")
@@ -111,17 +113,32 @@ class RunPolicy:
 
 
 def finished_with(run_dir: str | Path, cfg: FindRayConfig) -> bool:
-    """Whether `run_dir` holds a finished run (its report's metrics.json) of `cfg`: its saved
-    config, read with today's defaults for keys added since, equals `cfg`. Benchmarks read
-    such runs back instead of training them again."""
+    """Whether `run_dir` holds a finished run (its report's metrics.json) of `cfg` (`runs_as`).
+    Benchmarks read such runs back instead of training them again."""
     folder = Path(run_dir)
     config, metrics = folder / "config.yaml", folder / "metrics.json"
-    if not (metrics.is_file() and config.is_file()):
-        return False
-    try:
-        return to_yaml(load_saved_config(config)) == to_yaml(cfg)
-    except FindRayError:  # a key that no longer exists: not the same run
-        return False
+    return metrics.is_file() and config.is_file() and runs_as(config.read_text(), cfg)
+
+
+def runs_as(saved_yaml: str, cfg: FindRayConfig) -> bool:
+    """Whether a config a run saved (YAML text) runs as `cfg` does: read with today's defaults
+    for keys added since, a quality scorer named "auto" resolved to the one it means."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as file:
+        file.write(saved_yaml)
+        file.flush()
+        try:
+            saved = load_saved_config(file.name)
+        except FindRayError:  # a key that no longer exists: not the same run
+            return False
+    return _resolved_yaml(saved) == _resolved_yaml(cfg)
+
+
+def _resolved_yaml(cfg: FindRayConfig) -> str:
+    quality = quality_config(cfg.eval.quality, cfg.reward)
+    name = quality.name if quality is not None else ""
+    return to_yaml(
+        replace(cfg, eval=replace(cfg.eval, quality=replace(cfg.eval.quality, name=name)))
+    )
 
 
 def read_run_config(run_dir: str | Path) -> FindRayConfig:
