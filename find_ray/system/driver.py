@@ -44,6 +44,7 @@ from find_ray.system.evaluation import evaluate_on_actors
 from find_ray.system.flights import (
     AddFlight,
     Flight,
+    ProbeFlight,
     RewardFlight,
     RolloutFlight,
     ScoredBatch,
@@ -147,13 +148,14 @@ class RayTrainer:
         self.began = self.last_update = time.monotonic()
         self.done_at_last_update = self.scheduler.finished
         while self.version < self.cfg.train.iterations:
+            self.pools.submit_probes()
             self.pools.submit_rollouts(self.weights)
             self.pools.submit_rewards()
             self.feed.maybe_update(self.version)
             if not self.pending:
                 if not self.pools.resting():
                     raise RuntimeError("the driver has nothing in flight and nothing to submit")
-                time.sleep(0.1)  # work waits for an actor that is restarting
+                time.sleep(0.05)  # work waits for a down actor's next readiness probe
                 continue
             for ref in self._ready():
                 self._handle(ref, self.pending.pop(ref))
@@ -178,6 +180,8 @@ class RayTrainer:
                 self._record(summary, flight)
         elif isinstance(flight, AddFlight):
             self.window.lags += self.feed.on_add(ref, flight)
+        elif isinstance(flight, ProbeFlight):
+            self.pools.on_probe(ref, flight)
         else:
             self._on_update(ref)
 
@@ -260,7 +264,7 @@ class RayTrainer:
             [None, weights],
             policy_from_state(weights).shape,
             r.max_restarts,
-            self.pools.health["rollout"].cooldown_s,
+            1.0,  # s before a lost eval batch is sent again (Ray restarts its actor meanwhile)
         )
         totals = self.ledger.totals()
         sections = ray_section(r, totals, self.train_seconds, self.logger.history)

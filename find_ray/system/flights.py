@@ -57,4 +57,12 @@ class UpdateFlight:
     pass
 
 
-Flight = RolloutFlight | RewardFlight | AddFlight | UpdateFlight
+@dataclass
+class ProbeFlight:
+    """A readiness call to a down actor (`kind` "rollout" or "reward"): work waits for it."""
+
+    kind: str
+    actor: int
+
+
+Flight = RolloutFlight | RewardFlight | AddFlight | UpdateFlight | ProbeFlight

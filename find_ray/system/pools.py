@@ -7,7 +7,8 @@ At most `ray.max_in_flight_per_actor` calls are queued per actor. Rollout batche
 while every reward actor is busy wait and go in the next call, so under load one reward call
 scores many batches. A dead rollout actor's ids are dropped ("actor_died") and their prompts
 issued again under new ids; a failed reward call's batches go to another (or the restarted)
-reward actor, until they have failed `ray.max_restarts` times.
+reward actor, until they have failed `ray.max_restarts` times. An actor whose call failed gets
+no work until a readiness probe (`__ray_ready__`) answers (`health.ActorHealth`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ray.exceptions import (
 
 from find_ray.config import RayConfig
 from find_ray.system.actors import Actors, ScoreSummary
-from find_ray.system.flights import Flight, RewardFlight, RolloutFlight, ScoringJob
+from find_ray.system.flights import Flight, ProbeFlight, RewardFlight, RolloutFlight, ScoringJob
 from find_ray.system.health import ActorHealth
 from find_ray.system.ledger import RolloutLedger
 from find_ray.system.scheduler import PromptScheduler
@@ -75,10 +76,31 @@ class ActorPools:
         """Some actor is cooling down: work that waits for it will be taken later."""
         return any(h.resting() for h in self.health.values())
 
+    def pool(self, kind: str) -> list:
+        return self.actors.rollout if kind == "rollout" else self.actors.reward
+
     def live(self, kind: str) -> list:
         """The actors of a pool that are not retired."""
-        pool = self.actors.rollout if kind == "rollout" else self.actors.reward
-        return [a for i, a in enumerate(pool) if i not in self.health[kind].retired]
+        return [a for i, a in enumerate(self.pool(kind)) if i not in self.health[kind].retired]
+
+    # -- readiness of actors whose calls failed ---------------------------------------------
+    def submit_probes(self) -> None:
+        """One readiness call to each down actor whose probe is due (Ray queues it until the
+        restarted actor has run its constructor)."""
+        for kind, health in self.health.items():
+            for i in health.probes_due():
+                self.pending[self.pool(kind)[i].__ray_ready__.remote()] = ProbeFlight(kind, i)
+
+    def on_probe(self, ref: ray.ObjectRef, flight: ProbeFlight) -> None:
+        health = self.health[flight.kind]
+        try:
+            ray.get(ref)
+        except (*LOST, RayTaskError) as e:
+            log.info("%s actor %d not ready yet: %s", flight.kind, flight.actor, e)
+            health.probe_failed(flight.actor, e, not isinstance(e, ActorUnavailableError))
+            return
+        log.info("%s actor %d is ready again", flight.kind, flight.actor)
+        health.probe_ok(flight.actor)
 
     # -- rollouts -----------------------------------------------------------------------------
     def submit_rollouts(self, weights: Weights) -> None:
