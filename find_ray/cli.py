@@ -104,7 +104,9 @@ def cmd_train(args) -> None:
         print(f"report: {train_in_process(cfg).report}")
         return
     from find_ray.system.driver import train_with_ray
+    from find_ray.system.resources import check_devices
 
+    check_devices(cfg)  # GPU shares against devices, before Ray starts (the cluster: after)
     print(f"report: {train_with_ray(cfg).report}")
 
 
@@ -126,9 +128,12 @@ def cmd_serve(args) -> None:
         num_gpus=args.num_gpus,
         max_batch_size=args.max_batch_size,
         score=args.score,
+        request_timeout_s=args.request_timeout_s,
+        wedged_after_s=args.wedged_after_s,
+        api_key_env=args.api_key_env,
     )
     poll_s = args.poll_s if args.follow else None
-    serve_forever(serve_args, args.host, args.port, args.address, poll_s)
+    serve_forever(serve_args, args.host, args.port, args.address, poll_s, args.insecure)
 
 
 def cmd_pretrain_shapes(args) -> None:
@@ -138,6 +143,45 @@ def cmd_pretrain_shapes(args) -> None:
     began = time.monotonic()
     out = pretrain(cfg.pretrain, max_minutes=args.max_minutes)
     print(f"saved {out} after {(time.monotonic() - began) / 60:.1f} min")
+
+
+def _serve_parser(sub) -> None:
+    """`find-ray serve`'s flags."""
+    p = sub.add_parser("serve", help="serve a run's noise policy over HTTP (Ray Serve)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by `find-ray train`")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--replicas", type=int, default=1, help="generator replicas")
+    p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per generator replica")
+    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per generator replica")
+    p.add_argument("--max-batch-size", type=int, default=8, help="requests per pipeline call")
+    p.add_argument(
+        "--score",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="score images with the run's reward (default: only cheap rewards, e.g. shapes)",
+    )
+    p.add_argument("--address", default="", help="Ray address (default: RAY_ADDRESS or local)")
+    p.add_argument("--follow", action="store_true", help="load newer policies as training runs")
+    p.add_argument("--poll-s", type=float, default=10.0, help="--follow: seconds between polls")
+    p.add_argument(
+        "--request-timeout-s", type=float, default=120.0, help="a longer request gets 504"
+    )
+    p.add_argument(
+        "--wedged-after-s",
+        type=float,
+        default=300.0,
+        help="a batch running longer makes its replica unhealthy (Serve replaces it)",
+    )
+    p.add_argument(
+        "--api-key-env",
+        metavar="VAR",
+        help="require 'Authorization: Bearer <key>', the key read from this variable",
+    )
+    p.add_argument(
+        "--insecure", action="store_true", help="allow a non-loopback --host without a key"
+    )
+    p.set_defaults(func=cmd_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,24 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("serve", help="serve a run's noise policy over HTTP (Ray Serve)")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by `find-ray train`")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--replicas", type=int, default=1, help="generator replicas")
-    p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per generator replica")
-    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per generator replica")
-    p.add_argument("--max-batch-size", type=int, default=8, help="requests per pipeline call")
-    p.add_argument(
-        "--score",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="score images with the run's reward (default: only cheap rewards, e.g. shapes)",
-    )
-    p.add_argument("--address", default="", help="Ray address (default: RAY_ADDRESS or local)")
-    p.add_argument("--follow", action="store_true", help="load newer policies as training runs")
-    p.add_argument("--poll-s", type=float, default=10.0, help="--follow: seconds between polls")
-    p.set_defaults(func=cmd_serve)
+    _serve_parser(sub)
 
     p = sub.add_parser("pretrain-shapes", help="train the shipped shapes diffusion model")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this")

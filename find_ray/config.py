@@ -183,6 +183,11 @@ class RayConfig:
     reward_num_gpus: float = 0.0
     learner_num_cpus: float = 0.25
     learner_num_gpus: float = 0.0
+    # custom Ray resources per actor, to place them: e.g. learner_resources: {learner: 1} with
+    # `ray start --resources='{"learner": 1}'` on the head node (cluster/README.md)
+    rollout_resources: dict[str, float] = field(default_factory=dict)
+    reward_resources: dict[str, float] = field(default_factory=dict)
+    learner_resources: dict[str, float] = field(default_factory=dict)
     rollouts_per_task: int = 16  # rollouts in one rollout-actor call
     max_in_flight_per_actor: int = 2  # back-pressure: rollout calls queued per actor
     broadcast_interval: int = 1  # publish weights every K learner updates

@@ -15,3 +15,7 @@ class ModelPathError(FindRayError):
 
 class PromptError(FindRayError):
     """A prompt is outside the grammar of the world it is sent to."""
+
+
+class ActorStartError(FindRayError):
+    """A Ray actor's constructor failed; the message names it, the log holds the traceback."""

@@ -28,6 +28,16 @@ def tiny_shapes_dir(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(autouse=True)
+def no_hub_probe(monkeypatch):
+    """No test opens a connection to the hub: its reachability probe answers "online" (a test
+    of offline behaviour patches it to False). Nothing downloads either way: tests name local
+    weights, or expect the one-line error."""
+    from find_ray.rewards import hub
+
+    monkeypatch.setattr(hub, "reachable", lambda url: True)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
     """Tiny models on a busy 2-core machine run ~100x slower with 2 intra-op threads."""

@@ -148,6 +148,40 @@ def test_an_actor_dead_for_good_is_retired_and_the_run_finishes(ray_local, tmp_p
         doomed.run()  # with no actor left the run stops with the reason, it does not hang
 
 
+def test_a_killed_learner_is_replaced_from_its_checkpoint(ray_local, tmp_path):
+    trainer = RayTrainer(simulated(tmp_path, "train.iterations=10", "ray.checkpoint_every=3"))
+    killed: list[int] = []
+
+    def kill_the_learner(t: RayTrainer) -> None:
+        if not killed and t.version == 5:  # two updates after the checkpoint at version 3
+            pid = ray.get(t.actors.learner.__ray_call__.remote(lambda self: os.getpid()))
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    trainer.after_update = kill_the_learner
+    result = trainer.run()
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert killed and metrics["learner_restarts"] == 1
+    assert metrics["rollouts_redone_after_learner_loss"] > 0  # versions 4 and 5 were redone
+    assert trainer.logger.versions == list(range(1, 11))  # each version logged once
+    totals = totals_add_up(result.run_dir)
+    resubmitted = totals.get("dropped/actor_died", 0) + totals.get("dropped/interrupted", 0)
+    assert totals["stored"] + totals["dropped"] - resubmitted == 10 * 16  # none counted twice
+    assert finite_policy(result.run_dir)
+
+
+def test_a_learner_that_keeps_dying_stops_the_run_with_how_to_resume(ray_local, tmp_path):
+    trainer = RayTrainer(simulated(tmp_path, "ray.max_restarts=0"))
+
+    def kill_the_learner(t: RayTrainer) -> None:
+        if t.version == 2:
+            ray.kill(t.actors.learner, no_restart=True)
+
+    trainer.after_update = kill_the_learner
+    with pytest.raises(FindRayError, match="the learner actor died .*find-ray train --resume"):
+        trainer.run()
+
+
 def test_a_raising_scorer_drops_whole_batches(ray_local, tmp_path):
     cfg = simulated(tmp_path, "reward.fault=raise", "reward.fault_rate=0.3")
     result = RayTrainer(cfg).run()

@@ -44,6 +44,11 @@ def denoiser_calls(steps: int, guidance: float) -> int:
     return steps * (2 if guidance > 1.0 else 1)
 
 
+def model_devices(cfg: ModelConfig) -> dict[str, str]:
+    """{"model.device": ...} for a pipeline; {} for the simulated backend (it uses none)."""
+    return {"model.device": cfg.device} if cfg.backend == "pipeline" else {}
+
+
 def make_backend(cfg: ModelConfig) -> Backend:
     """The backend `model.backend` names, built from the model config."""
     if cfg.backend == "simulated":
@@ -71,5 +76,6 @@ __all__ = [
     "denoiser_calls",
     "load_pipeline",
     "make_backend",
+    "model_devices",
     "resolve_model_path",
 ]

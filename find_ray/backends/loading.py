@@ -40,7 +40,7 @@ class ModelSource:
 
 
 def hub_offline() -> bool:
-    from find_ray.rewards.weights import offline
+    from find_ray.rewards.hub import offline
 
     return offline()
 
@@ -50,17 +50,26 @@ def _class_name(index: Path) -> str:
 
 
 def _hub_index(repo_id: str) -> Path:
-    """model_index.json of a hub repo (the cached copy when offline)."""
+    """model_index.json of a hub repo (the cached copy when offline or the hub does not
+    answer: `rewards.hub.unavailable`)."""
     from huggingface_hub import hf_hub_download
 
-    offline = hub_offline()
+    from find_ray.rewards.hub import hub_file, unavailable
+
+    index = hub_file(repo_id, "model_index.json")
+    why = unavailable(index)
+    if why:
+        raise ModelPathError(
+            f"model.path {repo_id!r}: no folder {Path(repo_id).resolve()}, and the hub pipeline "
+            f"{index.what} {why}; {HOW.replace('HUB_ID', repo_id)}"
+        )
     try:
-        return Path(hf_hub_download(repo_id, "model_index.json", local_files_only=offline))
-    except Exception as e:  # not cached, no network, no such repo: all one line for the user
-        why = "HF_HUB_OFFLINE is set and the hub cache lacks it" if offline else type(e).__name__
+        local = index.cached or hub_offline()
+        return Path(hf_hub_download(repo_id, "model_index.json", local_files_only=local))
+    except Exception as e:  # no such repo, gated, the network went: all one line for the user
         raise ModelPathError(
             f"model.path {repo_id!r}: no folder {Path(repo_id).resolve()} and no hub pipeline "
-            f"({why}); {HOW.replace('HUB_ID', repo_id)}"
+            f"({type(e).__name__}); {HOW.replace('HUB_ID', repo_id)}"
         ) from None
 
 

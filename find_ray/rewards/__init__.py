@@ -63,6 +63,14 @@ def check_scorers(cfg: FindRayConfig) -> None:
         raise ConfigError("config key 'reward.quality_weight': needs a scorer in eval.quality.name")
 
 
+def scorer_devices(cfg: FindRayConfig) -> dict[str, str]:
+    """{"reward.device": ..., "eval.quality.device": ...} for the scorers in use that load a
+    model onto their device: the learned ones (they register a weights check); the cheap
+    scorers (shapes, brightness, jpeg) compute on the CPU whatever their device says."""
+    used = [cfg.reward, quality_config(cfg.eval.quality, cfg.reward)]
+    return {f"{s.key}.device": s.device for s in used if s is not None and s.name in CHECKS}
+
+
 def make_scorer(cfg: ScorerConfig) -> RewardFn:
     """The scorer `cfg.name` names, videos scored frame by frame."""
     _known(cfg)

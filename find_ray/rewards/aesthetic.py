@@ -5,10 +5,11 @@ scores about 1-10. The prompt is not used.
 - `reward.weights_path`: the head file, a state dict `layers.{0,2,4,6,7}.{weight,bias}` (the
   Linear layers of Linear(D,1024), Dropout, Linear(1024,128), Dropout, Linear(128,64), Dropout,
   Linear(64,16), Linear(16,1); D = the backbone's embedding width, 768 for ViT-L-14); empty:
-  downloaded from the predictor's GitHub repo (online only).
-- `reward.model`: the CLIP backbone, `ARCH` (its "openai" weights, online) or `ARCH:FILE` with a
-  local open_clip checkpoint file, e.g. `ViT-L-14-quickgelu:/models/open_clip_pytorch_model.bin`
-  (OpenAI's weights need the -quickgelu architecture). Default ViT-L-14.
+  downloaded from the predictor's GitHub repo (torch.hub's cached copy, or online).
+- `reward.model`: the CLIP backbone, `ARCH` (its "openai" weights, cached or online) or
+  `ARCH:FILE` with a local open_clip checkpoint file, e.g.
+  `ViT-L-14-quickgelu:/models/open_clip_pytorch_model.bin` (OpenAI's weights need the
+  -quickgelu architecture). Default ViT-L-14.
 
 The differentiable form shares the code.
 """
@@ -23,8 +24,15 @@ from torch import nn
 from find_ray.config import ScorerConfig
 from find_ray.errors import ModelPathError
 from find_ray.rewards.batching import Core, register_scorer
-from find_ray.rewards.open_clip_model import OpenClip, check_architecture, check_tag, load_for
-from find_ray.rewards.weights import offline, resolve_weights
+from find_ray.rewards.hub import url_file
+from find_ray.rewards.open_clip_model import (
+    OpenClip,
+    check_architecture,
+    check_tag,
+    load_for,
+    tag_remote,
+)
+from find_ray.rewards.weights import require, resolve_weights
 
 ARCH, TAG = "ViT-L-14", "openai"
 HEAD_URL = (
@@ -72,17 +80,20 @@ def backbone(cfg: ScorerConfig) -> tuple[str, str]:
                 f"{BACKBONE_HOW}"
             )
         return arch, str(path)
-    if offline():
-        raise ModelPathError(
-            f"reward {cfg.name!r}: reward.model={arch} names no local checkpoint and the hub is "
-            f"offline (HF_HUB_OFFLINE) so its {TAG!r} weights cannot be fetched; {BACKBONE_HOW}"
-        )
+    subject = f"reward {cfg.name!r}: reward.model={arch} names no local checkpoint"
+    require(tag_remote(arch, TAG), subject, BACKBONE_HOW)
     check_tag(arch, TAG, BACKBONE_HOW)
     return arch, TAG
 
 
+def head_source(cfg: ScorerConfig) -> str:
+    """The head file (`reward.weights_path`) or HEAD_URL (torch.hub's cached copy, or online)."""
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / HEAD_FILE
+    return resolve_weights(cfg, HEAD_URL, HOW, url_file(HEAD_URL, cached))
+
+
 def check_aesthetic(cfg: ScorerConfig) -> None:
-    resolve_weights(cfg, HEAD_URL, HOW)
+    head_source(cfg)
     backbone(cfg)
 
 
@@ -114,7 +125,7 @@ def aesthetic_core(clip: OpenClip, head: AestheticHead) -> Core:
 
 
 def _core(cfg: ScorerConfig) -> Core:
-    source = resolve_weights(cfg, HEAD_URL, HOW)
+    source = head_source(cfg)
     clip = load_for(cfg, *backbone(cfg))
     head = load_head(source, clip.embed_dim).to(clip.device, clip.dtype).eval()
     return aesthetic_core(clip, head.requires_grad_(False))

@@ -2,7 +2,7 @@
 
 - `reward.model`: the open_clip architecture (default ViT-L-14);
 - `reward.weights_path`: a local open_clip checkpoint file of it (for OpenAI's weights name
-  the `-quickgelu` architecture); empty: the "openai" pretrained tag (online only).
+  the `-quickgelu` architecture); empty: the "openai" pretrained tag (cached, or online).
 
 info["cosine"] is the raw cosine. The differentiable form shares the code (see OpenClip).
 """

@@ -4,7 +4,7 @@ normalised image features @ normalised text features.T, as hpsv2/img_score.py co
 
 - `reward.weights_path`: the HPS checkpoint file (`HPS_v2.1_compressed.pt` or
   `HPS_v2_compressed.pt` from the hub repo xswu/HPSv2: a torch file {'state_dict': the open_clip
-  model's state dict}, which open_clip loads as is); empty: v2.1 from the hub (online only).
+  model's state dict}, which open_clip loads as is); empty: v2.1 from the hub (cached, or online).
 - `reward.model`: the open_clip architecture (default ViT-H-14).
 
 HPSv2's preprocessing resizes the longer side and pads to a square with black; here images are
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from find_ray.config import ScorerConfig
 from find_ray.rewards.batching import Core, register_scorer
+from find_ray.rewards.hub import hub_file
 from find_ray.rewards.open_clip_model import OpenClip, clip_weights, load_for
 
 ARCH = "ViT-H-14"
@@ -31,7 +32,7 @@ HOW = (
 
 def checkpoint(cfg: ScorerConfig) -> tuple[str, str]:
     """(architecture, checkpoint file or the hub default); one-line errors, loads nothing."""
-    return clip_weights(cfg, ARCH, f"{REPO}/{FILE}", HOW)
+    return clip_weights(cfg, ARCH, f"{REPO}/{FILE}", HOW, hub_file(REPO, FILE))
 
 
 def check_hpsv2(cfg: ScorerConfig) -> None:

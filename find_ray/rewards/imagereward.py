@@ -8,7 +8,7 @@ Where the weights come from:
 
 - `reward.weights_path`: ImageReward.pt, or a folder with it (and med_config.json, BLIP's text
   encoder config; BLIP's defaults without it), e.g. `huggingface-cli download THUDM/ImageReward
-  ImageReward.pt med_config.json --local-dir DIR`; empty: that hub repo (online only).
+  ImageReward.pt med_config.json --local-dir DIR`; empty: that hub repo (cached, or online).
 - the tokenizer (bert-base-uncased + [DEC]/[ENC], as BLIP's init_tokenizer): `reward.model` if
   set (a folder or hub id), else the weights folder if it has vocab.txt, else (online)
   bert-base-uncased.
@@ -31,7 +31,8 @@ from find_ray.config import ScorerConfig
 from find_ray.errors import ModelPathError
 from find_ray.rewards.batching import register_scorer
 from find_ray.rewards.clip_pixels import clip_pixels
-from find_ray.rewards.weights import offline, resolve_weights
+from find_ray.rewards.hub import hub_file
+from find_ray.rewards.weights import require, resolve_weights
 
 REPO = "THUDM/ImageReward"
 CHECKPOINT = "ImageReward.pt"
@@ -57,26 +58,22 @@ def _folder_files(cfg: ScorerConfig, path: Path) -> tuple[Path, Path | None]:
 
 
 def sources(cfg: ScorerConfig) -> tuple[Path | None, Path | None, str]:
-    """(checkpoint, med_config, tokenizer); checkpoint None means the hub (online). One-line
-    ModelPathError if unusable. Loads nothing."""
-    resolve_weights(cfg, REPO, HOW)
+    """(checkpoint, med_config, tokenizer); checkpoint None means the hub (cached or online).
+    One-line ModelPathError if unusable. Loads nothing."""
+    resolve_weights(cfg, REPO, HOW, hub_file(REPO, CHECKPOINT))
     checkpoint = med = None
     if cfg.weights_path:
         checkpoint, med = _folder_files(cfg, Path(cfg.weights_path).expanduser())
     if cfg.model:
-        if offline() and not Path(cfg.model).expanduser().exists():
-            raise ModelPathError(
-                f"reward {cfg.name!r}: no tokenizer folder at {cfg.model} (reward.model) and the "
-                f"hub is offline (HF_HUB_OFFLINE); {HOW}"
-            )
+        if not Path(cfg.model).expanduser().exists():
+            subject = f"reward {cfg.name!r}: no tokenizer folder at {cfg.model} (reward.model)"
+            require(hub_file(cfg.model, "vocab.txt"), subject, HOW)
         return checkpoint, med, cfg.model
     if checkpoint is not None and (checkpoint.parent / "vocab.txt").is_file():
         return checkpoint, med, str(checkpoint.parent)
-    if offline():
-        raise ModelPathError(
-            f"reward {cfg.name!r}: no vocab.txt beside {checkpoint} and reward.model is empty, "
-            f"so the tokenizer ({TOKENIZER}) cannot be fetched offline; {HOW}"
-        )
+    where = f"no vocab.txt beside {checkpoint}" if checkpoint else "reward.weights_path is empty"
+    subject = f"reward {cfg.name!r}: {where} and reward.model is empty"
+    require(hub_file(TOKENIZER, "vocab.txt"), subject, HOW)
     return checkpoint, med, TOKENIZER
 
 

@@ -20,6 +20,7 @@ import torch
 from find_ray.config import ScorerConfig
 from find_ray.errors import ConfigError, ModelPathError
 from find_ray.rewards.clip_pixels import clip_pixels
+from find_ray.rewards.hub import Remote, hub_file, url_file
 from find_ray.rewards.weights import resolve_weights
 
 TEXT_CACHE = 4096  # prompts whose embeddings are kept (training prompts repeat a lot)
@@ -50,10 +51,34 @@ def check_architecture(arch: str) -> str:
     return arch
 
 
-def clip_weights(cfg: ScorerConfig, arch: str, default: str, how: str) -> tuple[str, str]:
-    """(architecture: `reward.model` or `arch`, weights: `reward.weights_path` or `default`);
-    one-line ConfigError / ModelPathError when unusable. Loads nothing."""
-    return check_architecture(cfg.model or arch), resolve_weights(cfg, default, how)
+def clip_weights(
+    cfg: ScorerConfig, arch: str, default: str, how: str, remote: Remote | None = None
+) -> tuple[str, str]:
+    """(architecture: `reward.model` or `arch`, weights: `reward.weights_path` or `default`,
+    a pretrained tag unless `remote` says which file it downloads); one-line ConfigError /
+    ModelPathError when unusable. Loads nothing."""
+    arch = check_architecture(cfg.model or arch)
+    return arch, resolve_weights(cfg, default, how, remote or tag_remote(arch, default))
+
+
+def tag_remote(arch: str, tag: str) -> Remote:
+    """The file open_clip downloads for pretrained weights `tag` of `arch`: a hub file (its
+    safetensors form or the .bin) or a URL into ~/.cache/clip, as open_clip prefers them; a
+    tag open_clip does not know needs nothing fetched (`check_tag` reports it)."""
+    import open_clip
+    from huggingface_hub import constants
+
+    pretrained = open_clip.get_pretrained_cfg(arch, tag) or {}
+    if pretrained.get("hf_hub"):
+        repo, name = pretrained["hf_hub"].rstrip("/"), ""
+        if not pretrained["hf_hub"].endswith("/"):
+            repo, name = repo.rsplit("/", 1)
+        names = (name,) if name else ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+        return hub_file(repo, *names)
+    if pretrained.get("url"):
+        url = pretrained["url"]
+        return url_file(url, Path("~/.cache/clip").expanduser() / Path(url).name)
+    return Remote(f"{arch} {tag!r}", constants.ENDPOINT, "", True)  # unknown: see check_tag
 
 
 def check_tag(arch: str, tag: str, how: str) -> None:

@@ -5,7 +5,7 @@ Score = logit_scale.exp() * cos(image embedding, text embedding), as in the Pick
 
 - `reward.weights_path`: a local folder with the CLIPModel (config.json + weights), e.g.
   `huggingface-cli download yuvalkirstain/PickScore_v1 --local-dir DIR`; empty: that hub id
-  (online only).
+  (cached, or online).
 - the tokenizer: `reward.model` if set (a folder or hub id, e.g. a download of
   laion/CLIP-ViT-H-14-laion2B-s32B-b79K, PickScore's processor), else the weights folder, else
   (online) laion/CLIP-ViT-H-14-laion2B-s32B-b79K.
@@ -24,8 +24,9 @@ import torch
 from find_ray.config import ScorerConfig
 from find_ray.errors import ModelPathError
 from find_ray.rewards.clip_pixels import clip_pixels
+from find_ray.rewards.hub import hub_file
 from find_ray.rewards.registry import RewardFn, register, register_differentiable
-from find_ray.rewards.weights import offline, resolve_weights
+from find_ray.rewards.weights import require, resolve_weights
 
 MODEL = "yuvalkirstain/PickScore_v1"
 PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -35,19 +36,20 @@ HOW = (
     "reward.weights_path=DIR (and reward.model=TOK if DIR has no tokenizer)"
 )
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+TOKENIZER_CONFIG = "tokenizer_config.json"  # what AutoTokenizer reads first from a hub id
 
 
 def sources(cfg: ScorerConfig) -> tuple[str, str]:
     """(model, tokenizer) folders or hub ids; one-line ModelPathError if unusable. Loads nothing."""
-    model = resolve_weights(cfg, MODEL, HOW)
+    model = resolve_weights(cfg, MODEL, HOW, hub_file(MODEL, "config.json"))
     if cfg.model:
-        if offline() and not Path(cfg.model).expanduser().exists():
-            raise ModelPathError(
-                f"reward {cfg.name!r}: no tokenizer folder at {cfg.model} (reward.model) and the "
-                f"hub is offline (HF_HUB_OFFLINE); {HOW}"
-            )
+        if not Path(cfg.model).expanduser().exists():
+            subject = f"reward {cfg.name!r}: no tokenizer folder at {cfg.model} (reward.model)"
+            require(hub_file(cfg.model, TOKENIZER_CONFIG), subject, HOW)
         return model, cfg.model
     if not cfg.weights_path:
+        subject = f"reward {cfg.name!r}: reward.weights_path and reward.model are empty"
+        require(hub_file(PROCESSOR, TOKENIZER_CONFIG), subject, HOW)
         return model, PROCESSOR
     folder = Path(model)
     if not (folder / "config.json").is_file():

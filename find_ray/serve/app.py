@@ -6,27 +6,41 @@
 The Generator takes the run folder through `user_config`; `reconfigure` builds the backend
 the first time and afterwards only loads a newer policy, so a redeploy with a bumped
 `policy_version` (what `find-ray serve --follow` does) swaps policies without dropping requests.
+Faults (`guard.py`): a call whose Generator replica died is retried once on a live one, else
+503 with Retry-After; past `request_timeout_s`, 504; `check_health` fails on a wedged pipeline;
+with an API key, /prompts and /generate need `Authorization: Bearer <key>` (401 without).
 """
 
 import asyncio
 import base64
 import io
 import logging
+import os
 import secrets
 import time
 from importlib import resources
 
 import numpy as np
 import torch
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Security
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPBearer
 from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
 from find_ray.errors import FindRayError, ModelPathError
 from find_ray.images import image_grid, to_uint8
-from find_ray.serve.generator import AlignedGenerator, Job, JobResult, RunInfo
+from find_ray.serve.generator import AlignedGenerator, BatchClock, Job, JobResult, RunInfo
+from find_ray.serve.guard import (
+    GeneratorCaller,
+    TimedOut,
+    Unavailable,
+    authorised,
+    error,
+    key_digest,
+    unauthorised,
+)
 from find_ray.serve.schema import (
     MAX_BODY_BYTES,
     GeneratedImage,
@@ -44,11 +58,9 @@ api = FastAPI(
     title="find_ray",
     description="Aligned generation with a FIND noise policy (per-prompt or base N(0, I)).",
 )
-
-
-def error(status: int, detail: str, field: str | None = None) -> JSONResponse:
-    """Every refused request gets this body: one line naming the field."""
-    return JSONResponse({"detail": detail, "field": field}, status_code=status)
+# Declares the key in the OpenAPI schema (/docs's Authorize button); the routes check it.
+bearer = [Security(HTTPBearer(auto_error=False, description="the API key, if one is set"))]
+FAULTS = (Unavailable, TimedOut)
 
 
 @api.middleware("http")
@@ -82,8 +94,10 @@ class GeneratorDeployment:
     def __init__(self) -> None:
         self.core: AlignedGenerator | None = None
         self.config: dict = {}
+        self.clock = BatchClock()
 
     def reconfigure(self, config: dict) -> None:
+        self.clock.wedged_after_s = float(config.get("wedged_after_s", 300.0))
         if config.get("torch_threads"):
             torch.set_num_threads(int(config["torch_threads"]))
         self.generate.set_max_batch_size(int(config["max_batch_size"]))
@@ -98,41 +112,119 @@ class GeneratorDeployment:
     def describe(self) -> RunInfo:
         return self.core.describe()
 
+    async def ping(self) -> int:
+        """The ingress's liveness probe; the replica's process id (the fault tests kill it)."""
+        return os.getpid()
+
+    def check_health(self) -> None:
+        """Called by Serve every `health_check_period_s`; raising makes Serve replace us."""
+        if self.core is None:
+            raise RuntimeError("generator not configured")
+        self.clock.check()
+
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def generate(self, jobs: list[Job]) -> list[JobResult]:
-        # In a thread, so the replica keeps queueing the next batch while this one denoises.
-        return await asyncio.to_thread(self.core.generate, jobs)
+        # In a thread, so the replica keeps queueing the next batch while this one denoises
+        # (and answers check_health: a batch that never returns is seen by the clock).
+        with self.clock.batch():
+            return await asyncio.to_thread(self.core.generate, jobs)
+
+
+def respond(request, job: Job, result: JobResult, info: RunInfo, began: float):
+    """The 200 answer: one labelled PNG grid (format png) or JSON with each image."""
+    images = to_uint8(result.images)
+    if request.format == "png":
+        grid = image_grid(list(images), image_labels(job, result), title=job.prompt)
+        buffer = io.BytesIO()
+        grid.save(buffer, format="PNG")
+        headers = {
+            "X-Policy": job.policy,
+            "X-Policy-Version": str(result.policy_version),
+            "X-Seeds": ",".join(str(s) for s in result.seeds),
+        }
+        if result.rewards is not None:
+            headers["X-Rewards"] = ",".join(f"{r:.4f}" for r in result.rewards)
+        return Response(buffer.getvalue(), media_type="image/png", headers=headers)
+    return GenerateResponse(
+        prompt=job.prompt,
+        policy=job.policy,
+        policy_version=result.policy_version,
+        steps=job.steps,
+        guidance=job.guidance,
+        seconds=time.monotonic() - began,
+        images=[
+            GeneratedImage(
+                seed=result.seeds[i],
+                policy=job.policy,
+                denoiser_calls=job.calls_per_image,
+                best_of=job.best_of,
+                picked_by=info.reward.name if job.best_of > 1 else None,
+                reward=None if result.rewards is None else result.rewards[i],
+                metrics=result.metrics[i] if result.metrics else {},
+                png_base64=base64.b64encode(png_bytes(image)).decode(),
+            )
+            for i, image in enumerate(images)
+        ],
+    )
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class Ingress:
-    """HTTP routes; validation here, so a bad request never reaches the generator."""
+    """HTTP routes; validation here, so a bad request never reaches the generator.
 
-    def __init__(self, generator: DeploymentHandle) -> None:
-        self.generator = generator
+    `key` is the API key's SHA-256 (None: no key); `reconfigure` takes the request timeout, the
+    Retry-After of a 503 and the probe interval.
+    """
+
+    def __init__(self, generator: DeploymentHandle, key: str | None = None) -> None:
+        self.generator = GeneratorCaller(generator)
+        self.key = key
         self.cached: RunInfo | None = None
 
-    async def info(self, fresh: bool = True) -> RunInfo:
+    def reconfigure(self, config: dict) -> None:
+        self.generator.configure(
+            config["request_timeout_s"], config["retry_after_s"], config["probe_s"]
+        )
+
+    async def info(self, fresh: bool = True, began: float | None = None) -> RunInfo:
         """The run's prompts, reward and sampler defaults; `fresh=False` reuses the last answer
         (all but the policy version are fixed for a run, and /generate reports the version the
         batch used)."""
         if fresh or self.cached is None:
-            self.cached = await self.generator.describe.remote()
+            self.cached = await self.generator.call("describe", began=began)
         return self.cached
+
+    def fault(self, e: Exception) -> JSONResponse:
+        """503 (no live generator replica, with Retry-After) or 504 (past the timeout)."""
+        if isinstance(e, TimedOut):
+            timeout = self.generator.timeout_s
+            why = f"no answer within request_timeout_s = {timeout:g} s (--request-timeout-s)"
+            return error(504, why, setting="request_timeout_s", timeout_s=timeout)
+        retry = self.generator.retry_after_s
+        why = f"no live generator replica ({e.cause}); retry in {retry} s"
+        return error(503, why, cause=e.cause, headers={"Retry-After": str(retry)})
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page(self) -> str:
         return resources.files("find_ray.serve").joinpath("page.html").read_text()
 
     @api.get("/healthz")
-    async def healthz(self) -> dict:
-        info = await self.info()
+    async def healthz(self):
+        try:
+            info = await self.info()
+        except FAULTS as e:
+            return self.fault(e)
         return {"status": "ok", "policy_version": info.version}
 
-    @api.get("/prompts", response_model=PromptsResponse)
-    async def prompts(self) -> PromptsResponse:
-        info = await self.info()
+    @api.get("/prompts", response_model=PromptsResponse, dependencies=bearer)
+    async def prompts(self, raw: Request):
+        if not authorised(raw.headers.get("authorization"), self.key):
+            return unauthorised()
+        try:
+            info = await self.info()
+        except FAULTS as e:
+            return self.fault(e)
         return PromptsResponse(
             prompts=info.prompts,
             amortized=info.amortized,
@@ -146,7 +238,11 @@ class Ingress:
     @api.post(
         "/generate",
         response_model=GenerateResponse,
-        responses={200: {"content": {"image/png": {}}}, 400: {}, 413: {}, 422: {}},
+        dependencies=bearer,
+        responses={
+            200: {"content": {"image/png": {}}},
+            **{code: {} for code in (400, 401, 413, 422, 503, 504)},
+        },
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -155,11 +251,14 @@ class Ingress:
         },
     )
     async def generate(self, raw: Request):
-        began = time.perf_counter()
+        began = time.monotonic()
+        if not authorised(raw.headers.get("authorization"), self.key):
+            return unauthorised()
         try:
             request = parse_generate(await raw.body())
+            # Fixed before the first try: a retry on another replica makes the same images.
             seed = secrets.randbelow(2**31 - 16) if request.seed is None else request.seed
-            info = await self.info(fresh=False)
+            info = await self.info(fresh=False, began=began)
             job = info.job(
                 request.prompt,
                 request.n,
@@ -169,47 +268,15 @@ class Ingress:
                 request.policy,
                 request.best_of,
             )
+            result: JobResult = await self.generator.call("generate", job, began=began)
         except RequestError as e:
             return error(e.status, e.detail, e.field)
-        try:
-            result: JobResult = await self.generator.generate.remote(job)
+        except FAULTS as e:
+            return self.fault(e)
         except Exception as e:  # a failure inside the pipeline: the replica lives on
             log.exception("generation failed")
             return error(500, f"generation failed: {type(e).__name__}")
-        images = to_uint8(result.images)
-        if request.format == "png":
-            grid = image_grid(list(images), image_labels(job, result), title=job.prompt)
-            buffer = io.BytesIO()
-            grid.save(buffer, format="PNG")
-            headers = {
-                "X-Policy": job.policy,
-                "X-Policy-Version": str(result.policy_version),
-                "X-Seeds": ",".join(str(s) for s in result.seeds),
-            }
-            if result.rewards is not None:
-                headers["X-Rewards"] = ",".join(f"{r:.4f}" for r in result.rewards)
-            return Response(buffer.getvalue(), media_type="image/png", headers=headers)
-        return GenerateResponse(
-            prompt=job.prompt,
-            policy=job.policy,
-            policy_version=result.policy_version,
-            steps=job.steps,
-            guidance=job.guidance,
-            seconds=time.perf_counter() - began,
-            images=[
-                GeneratedImage(
-                    seed=result.seeds[i],
-                    policy=job.policy,
-                    denoiser_calls=job.calls_per_image,
-                    best_of=job.best_of,
-                    picked_by=info.reward.name if job.best_of > 1 else None,
-                    reward=None if result.rewards is None else result.rewards[i],
-                    metrics=result.metrics[i] if result.metrics else {},
-                    png_base64=base64.b64encode(png_bytes(image)).decode(),
-                )
-                for i, image in enumerate(images)
-            ],
-        )
+        return respond(request, job, result, info, began)
 
 
 def check_run_folder(run_dir: str) -> None:
@@ -237,19 +304,23 @@ def user_config(args: ServeArgs) -> dict:
         "max_batch_size",
         "batch_wait_timeout_s",
         "policy_version",
+        "wedged_after_s",
     )
     return {key: getattr(args, key) for key in keys}
 
 
 def build_app(args: ServeArgs) -> Application:
     """The Serve application for a run folder, checked before anything is deployed."""
+    key = key_digest(args.api_key_env)  # read where the app is built; only its hash travels
     check_run_folder(args.run_dir)
     generator = GeneratorDeployment.options(
         num_replicas=args.num_replicas,
         ray_actor_options={"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
         user_config=user_config(args),
+        health_check_period_s=args.health_check_period_s,
     ).bind()
-    return Ingress.bind(generator)
+    ingress = {key: getattr(args, key) for key in ("request_timeout_s", "retry_after_s", "probe_s")}
+    return Ingress.options(user_config=ingress).bind(generator, key)
 
 
 def app(args: dict) -> Application:

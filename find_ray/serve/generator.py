@@ -10,7 +10,10 @@ best_of N, image i is the reward's pick of the seeds `Job.candidate_seeds` names
 
 from __future__ import annotations
 
+import itertools
 import logging
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -105,6 +108,42 @@ class RunInfo:
         kind = "trained" if trained and policy != "base" else "base"
         calls = best_of * denoiser_calls(steps, guidance)
         return Job(prompt, n, seed, steps, guidance, kind, calls, best_of)
+
+
+class PipelineWedged(FindRayError):
+    """A batch has been in the pipeline longer than `wedged_after_s`: the replica is unhealthy."""
+
+
+class BatchClock:
+    """When each batch in the pipeline started; `check` fails once one runs too long.
+
+    A hung pipeline call (a deadlocked kernel, a stuck device) never returns, so its batch
+    stays in `started`; the replica's `check_health` calls `check` and Serve replaces it.
+    """
+
+    def __init__(self, wedged_after_s: float = 300.0) -> None:
+        self.wedged_after_s = wedged_after_s
+        self.started: dict[int, float] = {}
+        self._tokens = itertools.count()
+
+    @contextmanager
+    def batch(self):
+        token = next(self._tokens)
+        self.started[token] = time.monotonic()
+        try:
+            yield
+        finally:
+            del self.started[token]
+
+    def check(self, now: float | None = None) -> None:
+        if not self.started:
+            return
+        age = (time.monotonic() if now is None else now) - min(self.started.values())
+        if age > self.wedged_after_s:
+            raise PipelineWedged(
+                f"pipeline wedged: a batch has run {age:.0f} s > wedged_after_s = "
+                f"{self.wedged_after_s:g} s"
+            )
 
 
 class AlignedGenerator:

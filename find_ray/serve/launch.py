@@ -15,6 +15,7 @@ from ray import serve
 from find_ray.config import RayConfig
 from find_ray.runs.folder import newest_policy_version
 from find_ray.serve.app import build_app
+from find_ray.serve.guard import check_bind
 from find_ray.serve.schema import ServeArgs
 
 APP_NAME = "find-ray"
@@ -30,17 +31,23 @@ def patient_serve_env() -> None:
 
 
 def deploy(
-    args: ServeArgs, host: str = "127.0.0.1", port: int = 8000, address: str = ""
+    args: ServeArgs,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    address: str = "",
+    insecure: bool = False,
 ) -> tuple[str, ServeArgs]:
     """Deploys the app for `args.run_dir` (starting Serve's HTTP proxy on host:port).
 
     Returns its URL and the arguments deployed, `policy_version` set to the version on disk.
+    A host other than loopback needs an API key, or `insecure`.
     """
-    from find_ray.system.driver import connect
-
+    check_bind(host, bool(args.api_key_env), insecure)
     args = args.model_copy(update={"policy_version": newest_policy_version(args.run_dir)})
     app = build_app(args)  # checks the run folder before touching Ray
     patient_serve_env()
+    from find_ray.system.driver import connect
+
     connect(RayConfig(address=address))
     # Serve's default HTTP host has differed between its docs and its code: always pass it.
     serve.start(http_options={"host": host, "port": port})
@@ -63,11 +70,17 @@ def follow(args: ServeArgs, poll_s: float, until: float = float("inf")) -> Serve
 
 
 def serve_forever(
-    args: ServeArgs, host: str, port: int, address: str = "", poll_s: float | None = None
+    args: ServeArgs,
+    host: str,
+    port: int,
+    address: str = "",
+    poll_s: float | None = None,
+    insecure: bool = False,
 ) -> None:
     """`find-ray serve`: deploy, print the URL, then wait (and follow the run) until Ctrl-C."""
-    url, args = deploy(args, host, port, address)
-    print(f"find_ray serving {args.run_dir} at {url}  (API docs: {url}docs; Ctrl-C stops)")
+    url, args = deploy(args, host, port, address, insecure)
+    keyed = f"; API key from ${args.api_key_env}" if args.api_key_env else ""
+    print(f"find_ray serving {args.run_dir} at {url}  (API docs: {url}docs{keyed}; Ctrl-C stops)")
     try:
         if poll_s:
             follow(args, poll_s)

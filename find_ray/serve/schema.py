@@ -84,6 +84,18 @@ class ServeArgs(BaseModel):
     batch_wait_timeout_s: float = Field(0.02, ge=0)
     score: bool | None = Field(None, description="score images with the run's reward (auto)")
     policy_version: int = Field(-1, description="bumped to make replicas reload the policy")
+    request_timeout_s: float = Field(120.0, gt=0, description="a longer request gets 504")
+    retry_after_s: int = Field(5, ge=1, description="Retry-After of a 503 (no live replica)")
+    probe_s: float = Field(
+        2.0, gt=0, description="a request waiting this long checks a replica answers (else 503)"
+    )
+    wedged_after_s: float = Field(
+        300.0, gt=0, description="a batch running longer makes its replica unhealthy"
+    )
+    health_check_period_s: float = Field(2.0, gt=0, description="Serve's check_health period")
+    api_key_env: str | None = Field(
+        None, min_length=1, description="environment variable holding the API key (none: no key)"
+    )
 
 
 class RequestError(FindRayError):

@@ -1,7 +1,8 @@
 """Ray actors: thin wrappers that move data to and from the plain FIND classes.
 
 Each class here is a plain Python class; `start_actors` turns them into Ray actors with the
-resources the `ray:` config section asks for. No algorithm lives in this module.
+resources the `ray:` config section asks for. No algorithm lives in this module. A failing
+constructor is kept, not raised, on the first start: `actor_start` makes it one line.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,11 +30,19 @@ from find_ray.config import (
     LearnerConfig,
     ModelConfig,
     PolicyConfig,
+    RayConfig,
     Reduction,
 )
 from find_ray.eval.evaluate import EvalJob, policy_transform, sample_eval_batch, score_eval_batch
 from find_ray.images import image_grid, to_uint8
 from find_ray.rewards import scorers
+from find_ray.system.actor_start import (
+    START_LOG,
+    StartChecked,
+    keeps_start_error,
+    start_error,
+    start_failure,
+)
 
 log = logging.getLogger(__name__)
 STARTUP_TIMEOUT_S = 600.0
@@ -43,9 +53,10 @@ WeightsRef = list[ray.ObjectRef]
 GRID_IMAGES = 8  # images in a TensorBoard rollout thumbnail
 
 
-class RolloutActor:
+class RolloutActor(StartChecked):
     """One backend + RolloutWorker; loads the newest weights between batches."""
 
+    @keeps_start_error
     def __init__(
         self,
         model: ModelConfig,
@@ -105,10 +116,11 @@ class ScoreSummary:
     grids: dict[int, np.ndarray] = field(default_factory=dict)  # prompt -> labelled thumbnail
 
 
-class RewardActor:
+class RewardActor(StartChecked):
     """Scores images by object ref; failures and NaN/inf become counted drops. Rollouts get the
     training reward, eval batches the reward with the quality figures beside it."""
 
+    @keeps_start_error
     def __init__(self, cfg: FindRayConfig, prompts: list[str], torch_threads: int) -> None:
         torch.set_num_threads(torch_threads)
         self.reward, self.eval_reward = scorers(cfg)  # one model each, shared
@@ -150,9 +162,10 @@ class RewardActor:
         return score_eval_batch(self.eval_reward, images, prompts, rows)
 
 
-class LearnerActor:
+class LearnerActor(StartChecked):
     """The Learner (store, DRCM, policies); publishes weights with one ray.put per version."""
 
+    @keeps_start_error
     def __init__(
         self,
         cfg: LearnerConfig,
@@ -215,10 +228,12 @@ def peak_memory_mib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _options(num_cpus: float, num_gpus: float, max_restarts: int) -> dict[str, Any]:
+def _options(r: RayConfig, kind: str, max_restarts: int) -> dict[str, Any]:
+    """Ray options of one kind of actor ("rollout", "reward", "learner") from `ray.*`."""
     return {
-        "num_cpus": num_cpus,
-        "num_gpus": num_gpus,
+        "num_cpus": getattr(r, f"{kind}_num_cpus"),
+        "num_gpus": getattr(r, f"{kind}_num_gpus"),
+        "resources": dict(getattr(r, f"{kind}_resources")),
         "max_restarts": max_restarts,
         "max_task_retries": 0,  # the driver resubmits lost work itself, and counts it
     }
@@ -229,14 +244,14 @@ class Actors:
     rollout: list[Any]
     reward: list[Any]
     learner: Any
+    described: tuple[tuple[int, ...], Tensor] | None = None  # latent shape, prompt embeddings
 
 
 def start_actors(cfg: FindRayConfig, prompts: list[str]) -> Actors:
-    """Rollout and reward pools, then the learner (it needs the backend's latent shape)."""
-    r = cfg.ray
-    rollout_cls = ray.remote(RolloutActor).options(
-        **_options(r.rollout_num_cpus, r.rollout_num_gpus, r.max_restarts)
-    )
+    """Rollout and reward pools, then the learner (it needs the backend's latent shape). An
+    actor whose constructor fails stops them all: ActorStartError, one line (`actor_start`)."""
+    r, start_log = cfg.ray, Path(cfg.train.out_dir) / START_LOG
+    rollout_cls = ray.remote(RolloutActor).options(**_options(r, "rollout", r.max_restarts))
     rollout = [
         rollout_cls.remote(
             cfg.model,
@@ -248,36 +263,69 @@ def start_actors(cfg: FindRayConfig, prompts: list[str]) -> Actors:
         )
         for _ in range(r.num_rollout_actors)
     ]
-    reward_cls = ray.remote(RewardActor).options(
-        **_options(r.reward_num_cpus, r.reward_num_gpus, r.max_restarts)
-    )
+    reward_cls = ray.remote(RewardActor).options(**_options(r, "reward", r.max_restarts))
     reward = [reward_cls.remote(cfg, prompts, r.torch_threads) for _ in range(r.num_reward_actors)]
-    latent_shape, embeddings = ray.get(rollout[0].describe.remote())
-    learner = (
-        ray.remote(LearnerActor)
-        .options(**_options(r.learner_num_cpus, r.learner_num_gpus, 0))
-        .remote(
-            cfg.learner,
-            latent_shape,
-            prompts,
-            embeddings,
-            cfg.train.seed,
-            r.torch_threads,
-            cfg.policy,
-        )
-    )
-    actors = Actors(rollout, reward, learner)
-    wait_until_started(actors)
+    actors = Actors(rollout, reward, None)
+    try:
+        wait_until_started([*_named(actors, "rollout")[:1], *_named(actors, "reward")], start_log)
+        actors.described = ray.get(rollout[0].describe.remote())
+        actors.learner = _start_learner(cfg, prompts, actors.described)
+        later = [*_named(actors, "rollout")[1:], ("learner actor", actors.learner)]
+        wait_until_started(later, start_log)
+    except BaseException:
+        stop_actors([*rollout, *reward, *([actors.learner] if actors.learner else [])])
+        raise
     return actors
 
 
-def wait_until_started(actors: Actors, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
-    """Blocks until every actor has run its constructor (loading a pipeline takes seconds),
-    so training starts with the whole pool and its clock excludes start-up. Actors still
-    starting after `timeout_s` (e.g. waiting for a GPU) or failed ones are left to the driver,
-    which handles them as any slow or failed actor."""
-    pool = [*actors.rollout, *actors.reward, actors.learner]
-    refs = [actor.__ray_ready__.remote() for actor in pool]
-    _, waiting = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+def _start_learner(
+    cfg: FindRayConfig, prompts: list[str], described: tuple[tuple[int, ...], Tensor]
+) -> Any:
+    latent_shape, embeddings = described
+    r = cfg.ray
+    cls = ray.remote(LearnerActor).options(**_options(r, "learner", 0))
+    args = (cfg.learner, latent_shape, prompts, embeddings, cfg.train.seed, r.torch_threads)
+    return cls.remote(*args, cfg.policy)
+
+
+def restart_learner(cfg: FindRayConfig, prompts: list[str], actors: Actors) -> Any:
+    """A new learner actor in place of one that died (its state is the caller's to restore)."""
+    stop_actors([actors.learner])
+    learner = _start_learner(cfg, prompts, actors.described)
+    wait_until_started([("learner actor", learner)], Path(cfg.train.out_dir) / START_LOG)
+    return learner
+
+
+def stop_actors(handles: list[Any]) -> None:
+    """Kills the actors for good (no restart); one already gone is no error."""
+    for actor in handles:
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception as e:  # noqa: BLE001 - a dead actor's handle may refuse
+            log.debug("could not kill an actor: %s", e)
+
+
+def _named(actors: Actors, kind: str) -> list[tuple[str, Any]]:
+    return [(f"{kind} actor {n}", a) for n, a in enumerate(getattr(actors, kind))]
+
+
+def wait_until_started(
+    named: list[tuple[str, Any]], start_log: Path, timeout_s: float = STARTUP_TIMEOUT_S
+) -> None:
+    """Blocks until every actor (name, handle) has run its constructor (loading a pipeline
+    takes seconds), so training starts with the whole pool and its clock excludes start-up.
+    The first that failed raises ActorStartError, its traceback written to `start_log`.
+    Actors still starting after `timeout_s` (e.g. waiting for a GPU) are left to the driver,
+    which handles them as any slow actor."""
+    names = {actor.started.remote(): name for name, actor in named}
+    waiting, deadline = list(names), time.monotonic() + timeout_s
+    while waiting:
+        left = max(0.0, deadline - time.monotonic())
+        ready, waiting = ray.wait(waiting, num_returns=1, timeout=left)
+        if not ready:
+            break
+        error = start_error(ready[0])
+        if error is not None:
+            raise start_failure(names[ready[0]], error, start_log)
     if waiting:
-        log.warning("%d of %d actors not started after %.0f s", len(waiting), len(refs), timeout_s)
+        log.warning("%d of %d actors not started after %.0f s", len(waiting), len(names), timeout_s)

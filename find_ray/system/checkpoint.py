@@ -11,10 +11,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 
 from find_ray.algo.policy_files import policy_from_state
 from find_ray.errors import FindRayError
+from find_ray.system.ledger import RolloutLedger
+from find_ray.system.scheduler import PromptScheduler
 
 
 def save_checkpoint(path: Path, learner_state: dict[str, Any], meta: dict[str, Any]) -> None:
@@ -41,3 +44,17 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             meta = json.loads((candidate / "meta.json").read_text())
             return torch.load(candidate / "learner.pt", weights_only=False), meta
     raise FindRayError(f"no checkpoint to resume from in {path}")
+
+
+def restore(
+    path: Path, learner: Any, ledger: RolloutLedger, scheduler: PromptScheduler
+) -> tuple[int, dict[str, Any]]:
+    """Learner, ledger and scheduler as the checkpoint at `path` left them (a resumed run, or a
+    new learner after the old one died). What was in flight then is dropped as "interrupted"
+    and its prompts queued again. Returns (learner version, metadata)."""
+    state, meta = load_checkpoint(path)
+    version = ray.get(learner.load_state_dict.remote(state))
+    ledger.load_state_dict(meta["ledger"])
+    scheduler.load_state_dict(meta)
+    scheduler.requeue(ledger.interrupt())
+    return version, meta

@@ -10,9 +10,10 @@ versions, reward summaries and learner metrics only; rollouts and images move be
   policy lag still exceeds `learner.max_policy_lag` when it reaches the learner is dropped
   ("stale"); the rest are corrected by the ratio to their behaviour log-prob.
 - Accounting: a RolloutLedger holds every id as in flight, stored or dropped by reason.
-- Faults: see `pools`; Ray restarts dead actors (`max_restarts`). A learner death ends the
-  run: `--resume` it. Checkpoints: learner state + ledger + scheduler every
-  `ray.checkpoint_every` updates.
+- Faults: see `pools`; Ray restarts dead rollout and reward actors (`max_restarts`). A dead
+  learner is replaced by a new one restored from the last checkpoint (up to `max_restarts`
+  times; after that the run stops and `--resume` continues it). Checkpoints: learner state +
+  ledger + scheduler at the start and every `ray.checkpoint_every` updates.
 """
 
 from __future__ import annotations
@@ -38,8 +39,14 @@ from find_ray.prompts import train_prompts
 from find_ray.rewards import check_scorers
 from find_ray.runs.folder import TrainResult, finish_run, start_run
 from find_ray.runs.logger import RunLogger
-from find_ray.system.actors import Actors, ScoreSummary, start_actors
-from find_ray.system.checkpoint import load_checkpoint, save_checkpoint
+from find_ray.system.actors import (
+    Actors,
+    ScoreSummary,
+    restart_learner,
+    start_actors,
+    stop_actors,
+)
+from find_ray.system.checkpoint import restore, save_checkpoint
 from find_ray.system.evaluation import evaluate_on_actors
 from find_ray.system.flights import (
     AddFlight,
@@ -49,9 +56,10 @@ from find_ray.system.flights import (
     RolloutFlight,
     ScoredBatch,
 )
-from find_ray.system.learner_feed import LearnerFeed
+from find_ray.system.learner_feed import LearnerFeed, LearnerLost
 from find_ray.system.ledger import RolloutLedger
 from find_ray.system.pools import ActorPools
+from find_ray.system.resources import check_resources
 from find_ray.system.scheduler import PromptScheduler
 
 log = logging.getLogger(__name__)
@@ -74,6 +82,15 @@ def connect(cfg: RayConfig) -> bool:
         return True
 
 
+def finished_calls(pending: dict[ray.ObjectRef, Flight]) -> list[ray.ObjectRef]:
+    """Every finished call (one loop pass handles them all), waiting up to 1 s for one."""
+    refs = list(pending)
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+    if not ready:
+        ready, _ = ray.wait(refs, num_returns=1, timeout=1.0, fetch_local=False)
+    return ready
+
+
 @dataclass
 class Window:
     """What arrived since the last update: fresh rewards (with their prompts) and policy lags."""
@@ -81,6 +98,12 @@ class Window:
     rewards: list[float] = field(default_factory=list)
     prompts: list[int] = field(default_factory=list)
     lags: list[int] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, float]:
+        """Reward statistics and policy lags of what arrived since the last update."""
+        lags = self.lags or [0]
+        lag = {"policy_lag_mean": float(np.mean(lags)), "policy_lag_max": float(max(lags))}
+        return {**reward_metrics(self.rewards, self.prompts), **lag}
 
 
 class RayTrainer:
@@ -110,10 +133,13 @@ class RayTrainer:
         self.actors: Actors | None = None
         self.pools: ActorPools | None = None
         self.feed: LearnerFeed | None = None
+        self.learner_restarts = 0  # learners replaced after their actor died
+        self.redone = 0  # rollouts issued again because the learner that had them died
 
     def run(self) -> TrainResult:
         started_ray = connect(self.cfg.ray)
         try:
+            check_resources(self.cfg)  # devices and cluster: one line before any actor starts
             self.actors = start_actors(self.cfg, self.prompts)
             pools = (self.cfg.ray, self.actors, self.ledger, self.scheduler, self.pending)
             self.pools = ActorPools(*pools, len(self.prompts))
@@ -130,23 +156,27 @@ class RayTrainer:
                 ray.shutdown()
 
     def _load_or_start(self) -> None:
-        learner = self.actors.learner
         if self.resume:
-            state, meta = load_checkpoint(self.out / "checkpoint")
-            self.version = self.feed.updates = ray.get(learner.load_state_dict.remote(state))
-            self.ledger.load_state_dict(meta["ledger"])
-            self.scheduler.load_state_dict(meta)
-            self.scheduler.requeue(self.ledger.interrupt())
-            self.elapsed_before = meta["elapsed_s"]
+            self.elapsed_before = self._restore()["elapsed_s"]
             log.info("resumed %s at version %d", self.out, self.version)
         else:
             start_run(self.cfg)
+            self.weights = ray.get(self.actors.learner.publish.remote())
+        self.weights_bytes = ray.get(self.actors.learner.weights_bytes.remote())
+
+    def _restore(self) -> dict:
+        """Learner, ledger and queue as the last checkpoint left them; returns its metadata."""
+        learner = self.actors.learner
+        self.version, meta = restore(self.out / "checkpoint", learner, self.ledger, self.scheduler)
+        self.feed.replace(learner, self.version)
         self.weights = ray.get(learner.publish.remote())
-        self.weights_bytes = ray.get(learner.weights_bytes.remote())
+        return meta
 
     def _train(self) -> None:
         self.began = self.last_update = time.monotonic()
         self.done_at_last_update = self.scheduler.finished
+        if not self.resume:
+            self.checkpoint()  # version 0: a learner lost before the first one starts from here
         while self.version < self.cfg.train.iterations:
             self.pools.submit_probes()
             self.pools.submit_rollouts(self.weights)
@@ -157,19 +187,30 @@ class RayTrainer:
                     raise RuntimeError("the driver has nothing in flight and nothing to submit")
                 time.sleep(0.05)  # work waits for a down actor's next readiness probe
                 continue
-            for ref in self._ready():
-                self._handle(ref, self.pending.pop(ref))
+            try:
+                for ref in finished_calls(self.pending):
+                    self._handle(ref, self.pending.pop(ref))
+            except LearnerLost as lost:
+                self._replace_learner(lost)
+                continue
             if not self.cfg.ray.sync and not self.feed.adds_in_flight:
                 self.feed.flush()  # one learner call for all rollouts scored meanwhile
         self.train_seconds = self.elapsed()
 
-    def _ready(self) -> list[ray.ObjectRef]:
-        """Every finished call (one loop pass handles them all), waiting up to 1 s for one."""
-        refs = list(self.pending)
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
-        if not ready:
-            ready, _ = ray.wait(refs, num_returns=1, timeout=1.0, fetch_local=False)
-        return ready
+    def _replace_learner(self, lost: LearnerLost) -> None:
+        """A new learner from the last checkpoint; the rollouts issued since are issued again
+        (the ledger goes back with it, so none is counted twice)."""
+        if self.learner_restarts >= self.cfg.ray.max_restarts:
+            raise lost
+        self.learner_restarts += 1
+        log.warning("%s: a new learner continues from the last checkpoint", lost)
+        issued = self.ledger.next_id
+        self.pending.clear()  # what the old learner would have consumed is done again
+        self.pools.forget_calls()
+        self.actors.learner = restart_learner(self.cfg, self.prompts, self.actors)
+        self._restore()
+        self.redone += issued - self.ledger.next_id
+        self.logger.rewind(self.version)
 
     def _handle(self, ref: ray.ObjectRef, flight: Flight) -> None:
         if isinstance(flight, RolloutFlight):
@@ -213,12 +254,8 @@ class RayTrainer:
         return self.elapsed_before + time.monotonic() - self.began
 
     def _log(self, learner_metrics: dict[str, float]) -> None:
-        now, finished, lags = time.monotonic(), self.scheduler.finished, self.window.lags or [0]
-        metrics = {**learner_metrics, **reward_metrics(self.window.rewards, self.window.prompts)}
-        metrics["policy_lag_mean"], metrics["policy_lag_max"] = (
-            float(np.mean(lags)),
-            float(max(lags)),
-        )
+        now, finished = time.monotonic(), self.scheduler.finished
+        metrics = {**learner_metrics, **self.window.metrics()}
         since = max(now - self.last_update, 1e-9)
         metrics["rollouts_per_s"] = (finished - self.done_at_last_update) / since
         busy = learner_metrics.get("learner_busy_s", 0.0)
@@ -240,45 +277,30 @@ class RayTrainer:
             self.feed.flush()
         for ref in [ref for ref, f in self.pending.items() if isinstance(f, AddFlight)]:
             self._handle(ref, self.pending.pop(ref))
-        state = ray.get(self.actors.learner.state_dict.remote())
-        meta = {
-            "version": self.version,
-            "ledger": self.ledger.state_dict(),
-            "totals": self.ledger.totals(),
-            **self.scheduler.state_dict(),
-            "elapsed_s": self.elapsed(),
-            "prompts": self.prompts,
-            "config": to_yaml(self.cfg),
-        }
+        state = self.feed.result(self.actors.learner.state_dict.remote())
+        meta = {"version": self.version, "elapsed_s": self.elapsed(), "prompts": self.prompts}
+        meta |= {"ledger": self.ledger.state_dict(), "totals": self.ledger.totals()}
+        meta |= {**self.scheduler.state_dict(), "config": to_yaml(self.cfg)}
         save_checkpoint(self.out / "checkpoint", state, meta)
 
     def _report(self) -> TrainResult:
         """Base and trained policy evaluated on the actors; the run folder's report."""
         weights, _ = ray.get(self.actors.learner.weights.remote())
-        r = self.cfg.ray
-        results = evaluate_on_actors(
-            self.pools.live("rollout"),
-            self.pools.live("reward"),
-            self.prompts,
-            self.cfg.eval,
-            [None, weights],
-            policy_from_state(weights).shape,
-            r.max_restarts,
-            1.0,  # s before a lost eval batch is sent again (Ray restarts its actor meanwhile)
-        )
+        r, live = self.cfg.ray, (self.pools.live("rollout"), self.pools.live("reward"))
+        policy = policy_from_state(weights)
+        args = (self.prompts, self.cfg.eval, [None, weights], policy.shape, r.max_restarts)
+        results = evaluate_on_actors(*live, *args)
         totals = self.ledger.totals()
         sections = ray_section(r, totals, self.train_seconds, self.logger.history)
-        policy = policy_from_state(weights)
-        extra = {"rollouts": totals}
+        extra = {"rollouts": totals, "learner_restarts": self.learner_restarts}
+        extra["rollouts_redone_after_learner_loss"] = self.redone
         return finish_run(
             self.cfg, self.prompts, policy, self.version, results, self.logger, sections, extra
         )
 
     def _stop_actors(self) -> None:
-        if self.actors is None:
-            return
-        for actor in [*self.actors.rollout, *self.actors.reward, self.actors.learner]:
-            ray.kill(actor, no_restart=True)
+        if self.actors is not None:
+            stop_actors([*self.actors.rollout, *self.actors.reward, self.actors.learner])
         self.actors = None
 
 

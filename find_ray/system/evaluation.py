@@ -36,11 +36,12 @@ def evaluate_on_actors(
     policies: list[dict[str, Tensor] | None],
     latent_shape: tuple[int, ...],
     max_attempts: int,
-    retry_after_s: float,
+    retry_after_s: float = 1.0,
 ) -> list[list[PromptResult]]:
     """Each policy's results on the eval suite (weights None: the base N(0, I)), on the same
-    eval noise (`eval.best_of` samples per result); a batch lost `max_attempts` times ends the
-    evaluation with the reason."""
+    eval noise (`eval.best_of` samples per result); a lost batch is sent again after
+    `retry_after_s` (Ray restarts its actor meanwhile), and one lost `max_attempts` times ends
+    the evaluation with the reason."""
     n_samples = cfg.samples_per_prompt * cfg.best_of
     batches = eval_batches(len(prompts), n_samples, cfg.batch_size)
     collectors = []

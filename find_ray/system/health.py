@@ -74,6 +74,11 @@ class ActorHealth:
                 due.append(i)
         return due
 
+    def forget_probes(self) -> None:
+        """The probes in flight were dropped: each down actor is probed again."""
+        for down in self.down.values():
+            down.probing = False
+
     def probe_ok(self, i: int) -> None:
         """The actor answered its probe: it gets work again."""
         self.down.pop(i, None)

@@ -14,6 +14,10 @@ from find_ray.system.pools import LOST
 from find_ray.system.scheduler import PromptScheduler
 
 
+class LearnerLost(FindRayError):
+    """The learner actor died (killed, or its node lost)."""
+
+
 class LearnerFeed:
     def __init__(
         self,
@@ -36,6 +40,13 @@ class LearnerFeed:
         self.scored: list[ScoredBatch] = []  # waiting for the next add (sync: whole iterations)
         self.adds_in_flight = 0
         self.updates = 0  # updates asked for
+
+    def replace(self, learner: Any, updates: int) -> None:
+        """A new learner at version `updates`: what was waiting for the old one is forgotten
+        (the driver has restored the ledger and scheduler that issue it again)."""
+        self.learner, self.updates = learner, updates
+        self.scored.clear()
+        self.adds_in_flight = 0
 
     def flush(self) -> None:
         """Sends every scored batch to the learner in one call, in id order (sync mode: as the
@@ -70,8 +81,9 @@ class LearnerFeed:
         self.pending[self.learner.update.remote(publish)] = UpdateFlight()
 
     def result(self, ref: ray.ObjectRef) -> Any:
-        """A learner call's result; a dead learner ends the run with how to resume it."""
+        """A learner call's result; a dead learner raises LearnerLost (with how to resume)."""
         try:
             return ray.get(ref)
         except LOST as e:
-            raise FindRayError(f"the learner actor died ({e}); {self.resume_hint}") from e
+            first_line = (str(e).splitlines() or [type(e).__name__])[0]
+            raise LearnerLost(f"the learner actor died ({first_line}); {self.resume_hint}") from e

@@ -83,6 +83,15 @@ class ActorPools:
         """The actors of a pool that are not retired."""
         return [a for i, a in enumerate(self.pool(kind)) if i not in self.health[kind].retired]
 
+    def forget_calls(self) -> None:
+        """The driver dropped every call in flight (a new learner restarts from a checkpoint):
+        no load is counted, no job waits for scoring, probes are due again."""
+        for loads in self.loads.values():
+            loads.clear()
+        self.to_score.clear()
+        for health in self.health.values():
+            health.forget_probes()
+
     # -- readiness of actors whose calls failed ---------------------------------------------
     def submit_probes(self) -> None:
         """One readiness call to each down actor whose probe is due (Ray queues it until the
