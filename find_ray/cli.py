@@ -104,9 +104,7 @@ def cmd_train(args) -> None:
         print(f"report: {train_in_process(cfg).report}")
         return
     from find_ray.system.driver import train_with_ray
-    from find_ray.system.resources import check_devices
 
-    check_devices(cfg)  # GPU shares against devices, before Ray starts (the cluster: after)
     print(f"report: {train_with_ray(cfg).report}")
 
 

@@ -135,12 +135,10 @@ def test_more_in_all_than_the_cluster_has():
 def test_check_resources_errs_on_a_ray_started_here_and_warns_on_a_joined_one(monkeypatch, caplog):
     cfg = load_config(None, [*SIMULATED, *ONE, "ray.rollout_num_cpus=4"])
     monkeypatch.setattr(resources, "live_nodes", lambda: [{"CPU": 2.0}, {"CPU": 3.0}])
-    monkeypatch.setattr(resources, "started_here", lambda: True)
     with pytest.raises(ConfigError, match="'ray.rollout_num_cpus'"):
-        check_resources(cfg)
-    monkeypatch.setattr(resources, "started_here", lambda: False)  # an autoscaler may add
+        check_resources(cfg, started_here=True)
     with caplog.at_level(logging.WARNING, logger=resources.__name__):
-        check_resources(cfg)
+        check_resources(cfg, started_here=False)  # a joined cluster: an autoscaler may add
     (record,) = caplog.records
     assert "'ray.rollout_num_cpus'" in record.getMessage() and "autoscaler" in record.getMessage()
 
@@ -164,8 +162,7 @@ def test_train_fails_in_one_line_before_ray_for_a_gpu_share_without_a_device(mon
 def test_train_checks_the_cluster_after_connecting_and_before_any_actor(
     monkeypatch, capsys, tmp_path
 ):
-    monkeypatch.setattr(driver, "connect", lambda cfg: False)  # "joined" a Ray ...
-    monkeypatch.setattr(resources, "started_here", lambda: True)  # ... that cannot grow
+    monkeypatch.setattr(driver, "connect", lambda cfg: True)  # started a Ray: it cannot grow
     monkeypatch.setattr(resources, "live_nodes", lambda: [{"CPU": 2.0}])
     monkeypatch.setattr(driver, "start_actors", _never)
     argv = ["train", *SIMULATED, "ray.rollout_num_cpus=4", f"train.out_dir={tmp_path / 'run'}"]

@@ -59,7 +59,7 @@ from find_ray.system.flights import (
 from find_ray.system.learner_feed import LearnerFeed, LearnerLost
 from find_ray.system.ledger import RolloutLedger
 from find_ray.system.pools import ActorPools
-from find_ray.system.resources import check_resources
+from find_ray.system.resources import check_devices, check_resources
 from find_ray.system.scheduler import PromptScheduler
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ class RayTrainer:
         self.prompts = train_prompts(cfg)  # bad prompts fail here, before any actor starts
         check_model(cfg.model)  # so does a missing model folder or a family mismatch
         check_scorers(cfg)  # and an unknown reward or quality scorer, or missing weights
+        check_devices(cfg)  # and GPU shares that contradict the devices
         self.out, self.resume = Path(cfg.train.out_dir), resume
         t = cfg.train
 
@@ -139,7 +140,7 @@ class RayTrainer:
     def run(self) -> TrainResult:
         started_ray = connect(self.cfg.ray)
         try:
-            check_resources(self.cfg)  # devices and cluster: one line before any actor starts
+            check_resources(self.cfg, started_ray)  # one line before any actor starts
             self.actors = start_actors(self.cfg, self.prompts)
             pools = (self.cfg.ray, self.actors, self.ledger, self.scheduler, self.pending)
             self.pools = ActorPools(*pools, len(self.prompts))

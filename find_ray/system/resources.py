@@ -3,10 +3,11 @@ ray.init and before any actor starts, so that a config that would wait forever (
 a cluster without one, an actor larger than every node) fails in one line naming the key to
 change and how.
 
-`device_problems` (the config against itself) and `cluster_problems` (against the nodes'
-resources, plain dicts) are pure; `check_resources` reads Ray's state. On a Ray that this
-driver started (`ray.init` without an address: no node will join) the cluster's problems are
-errors; on a cluster it joined, which an autoscaler may grow, they are one-line warnings.
+`device_problems` (the config against itself, `check_devices`: before Ray starts) and
+`cluster_problems` (against the nodes' resources, plain dicts) are pure; `check_resources`
+reads Ray's state. On a Ray that this driver started (no node will join) the cluster's
+problems are errors; on a cluster it joined, which an autoscaler may grow, they are one-line
+warnings.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def actor_asks(cfg: FindRayConfig) -> list[ActorAsk]:
     r = cfg.ray
 
     def custom(kind: str) -> dict[str, float]:
-        return dict(getattr(r, f"{kind}_resources", None) or {})
+        return dict(getattr(r, f"{kind}_resources"))
 
     return [
         ActorAsk(
@@ -86,7 +87,7 @@ def device_problems(asks: list[ActorAsk]) -> list[str]:
     GPU share in an actor that puts nothing on it; one sentence each, naming key and fix."""
     problems = []
     for a in asks:
-        key, cuda = f"ray.{a.kind}_num_gpus", [k for k, d in a.devices.items() if is_cuda(d)]
+        key, cuda = a.key("GPU"), [k for k, d in a.devices.items() if is_cuda(d)]
         if cuda and a.gpus <= 0:
             on = " and ".join(f"{k}={a.devices[k]}" for k in cuda)
             problems.append(
@@ -173,22 +174,12 @@ def live_nodes() -> list[dict[str, float]]:
     return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
 
 
-def started_here() -> bool:
-    """Whether this process started the Ray it is connected to (then no node will join)."""
-    try:
-        from ray._private import worker
-
-        return bool(getattr(worker._global_node, "head", False))
-    except Exception:  # Ray's internals moved: treat the cluster as one that may grow
-        return False
-
-
-def check_resources(cfg: FindRayConfig) -> None:
-    """`check_devices`, then the actors against the connected cluster's nodes: ConfigError on
-    a Ray started here, a warning per problem on a joined cluster (an autoscaler may add)."""
-    check_devices(cfg)
+def check_resources(cfg: FindRayConfig, started_here: bool) -> None:
+    """The actors against the connected cluster's nodes: ConfigError on a Ray this driver
+    started (`driver.connect` says so; no node will join), a warning per problem on a joined
+    cluster (an autoscaler may add nodes)."""
     problems = cluster_problems(actor_asks(cfg), live_nodes())
-    if problems and started_here():
+    if problems and started_here:
         raise ConfigError("; also ".join(problems))
     for problem in problems:
         log.warning("%s (until an autoscaler adds a node that fits, they wait)", problem)
