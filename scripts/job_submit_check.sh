@@ -21,6 +21,9 @@ dashboard=$(free_port)
 agent_ports=(--dashboard-agent-listen-port="$(free_port)" --dashboard-agent-grpc-port="$(free_port)"
     --metrics-export-port="$(free_port)" --runtime-env-agent-port="$(free_port)")
 export RAY_AUTH_MODE=token  # the head, the job driver and the submitting client all use the token
+# ... this check's own token: it needs no ~/.ray/auth_token (a fresh CI home has none)
+RAY_AUTH_TOKEN=$(python -c 'import secrets; print(secrets.token_hex(32))')
+export RAY_AUTH_TOKEN
 
 ray start --head --port="$port" --dashboard-port="$dashboard" "${agent_ports[@]}" --num-cpus=2 \
     --temp-dir="$tmp" --disable-usage-stats >"$tmp/ray-start.log" 2>&1 \

@@ -81,10 +81,12 @@ def node_loss(run_dir: Path) -> dict:
         seen["moved"] = True
 
     trainer.after_update = remove_a_rollout_node
-    result = trainer.run()
+    try:
+        result = trainer.run()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
     totals = json.loads((result.run_dir / "metrics.json").read_text())["rollouts"]
-    ray.shutdown()
-    cluster.shutdown()
     return {"totals": totals, **seen, "per_task": trainer.cfg.ray.rollouts_per_task, "actors": 2}
 
 

@@ -55,6 +55,7 @@ def ray_local():
     from find_ray.serve.launch import patient_serve_env
 
     patient_serve_env()  # the Serve tests start an HTTP proxy on this Ray
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # address="local": a new Ray of its own, never one left running on the machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()

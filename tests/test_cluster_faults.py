@@ -4,7 +4,10 @@ lost node is dropped."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -13,15 +16,24 @@ import pytest
 pytestmark = pytest.mark.ray
 
 
-def run_scenario(name: str, tmp_path) -> dict:
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.cluster_scenarios", name, str(tmp_path / "run")],
-        capture_output=True,
-        text=True,
-        timeout=600,
+def run_scenario(name: str, tmp_path, timeout_s: float = 600) -> dict:
+    """The scenario's JSON line. Its cluster (GCS, raylets, workers) lives in the scenario's
+    own session: on a timeout the whole session is killed, so no Ray outlives the test."""
+    argv = [sys.executable, "-m", "tests.cluster_scenarios", name, str(tmp_path / "run")]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"scenario {name} ran past {timeout_s:.0f} s: {err[-3000:]}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # what the scenario left behind
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def test_a_lost_node_costs_only_its_work_in_flight(tmp_path):
