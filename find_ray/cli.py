@@ -111,8 +111,8 @@ def cmd_train(args) -> None:
 def cmd_bench(args) -> None:
     from find_ray.bench import load_bench_config, run_bench
 
-    cfg = load_bench_config(args.config, args.overrides)
-    print(f"table: {run_bench(cfg, args.methods)}")
+    cfg = load_bench_config(args.config, args.overrides, args.preset)
+    print(f"table: {run_bench(cfg, args.methods, max_cells=args.max_cells)}")
 
 
 def cmd_serve(args) -> None:
@@ -216,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="FIND and its peers on equal denoiser budgets")
     p.add_argument("--methods", nargs="+", help="run only these (default: bench.methods)")
+    p.add_argument("--preset", help="quick: a first look in about 20 minutes (4 prompts, 1 seed)")
+    p.add_argument(
+        "--max-cells", type=int, help="stop after this many cell steps (resume: run it again)"
+    )
     _common(p)
     p.set_defaults(func=cmd_bench)
 

@@ -30,6 +30,9 @@ def tiny_bench(tiny_shapes_dir, out) -> list[str]:
         "bench.dno.iterations=[1,2]",
         "bench.surrogate.images_per_prompt=4",
         "bench.surrogate.epochs=1",
+        "bench.tuning.enabled=false",
+        "bench.seeds=[0]",
+        "bench.extend_to=0",
         f"bench.out_dir={out}",
     ]
 
@@ -80,14 +83,85 @@ def test_bench_runs_every_method_with_its_accounting(tiny_shapes_dir, tmp_path, 
     assert "quality change" in table.read_text()
     assert data["surrogate"]["heldout"]["pairs"] > 0  # the surrogate was trained and reported
     text = table.read_text()
-    assert "| ddpo | 100 NFE |" in text and "Surrogate reward" in text
+    assert "| ddpo | 100 NFE | 1 |" in text and "Surrogate reward" in text
     assert (out / "bench.png").stat().st_size > 0
+    ledger = (out / "cells.md").read_text()
+    assert "| find/seed0 | 40 NFE, 100 NFE |" in ledger and "wall-clock time in all" in ledger
 
-    def fail(_):
-        raise AssertionError("a method with saved points was trained again")
+    def fail(*_):
+        raise AssertionError("a cell with every budget saved was trained again")
 
-    monkeypatch.setitem(bench_methods.RUNNERS, "find", fail)
-    run_bench(cfg, ["find"], progress=False)  # reads points/find.json
+    for method in ("find", "dno"):
+        monkeypatch.setitem(bench_methods.RUNNERS, method, fail)
+    run_bench(cfg, ["find", "dno"], progress=False)  # reads the saved cells
+
+
+def evaluations(out, method: str, seed: int = 0) -> dict[str, dict]:
+    """A main cell's saved evaluations by label."""
+    saved = out / "cells" / method / f"seed{seed}" / "evaluations.json"
+    return {e["label"]: e for e in json.loads(saved.read_text())}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["find", "ddpo"])
+def test_a_cell_resumed_budget_by_budget_equals_one_unbroken_run(method, tiny_shapes_dir, tmp_path):
+    """`--max-cells 1` runs one budget of one cell; the next invocation goes on from the saved
+    training state. The evaluation at the last budget equals that of a run straight to it."""
+    overrides = [*tiny_bench(tiny_shapes_dir, tmp_path / "steps"), f"bench.methods=[{method}]"]
+    steps = load_bench_config("configs/bench-shapes.yaml", overrides)
+    for _ in range(2):  # the base, then the first budget
+        run_bench(steps, progress=False, max_cells=1)
+    assert list(evaluations(tmp_path / "steps", method)) == ["40 NFE"]
+    run_bench(steps, progress=False, max_cells=1)
+    straight = load_bench_config(
+        "configs/bench-shapes.yaml",
+        [*tiny_bench(tiny_shapes_dir, tmp_path / "straight"), f"bench.methods=[{method}]"],
+    )
+    straight.bench.budgets = [100]
+    run_bench(straight, progress=False)
+    resumed = evaluations(tmp_path / "steps", method)
+    assert list(resumed) == ["40 NFE", "100 NFE"]
+    unbroken = evaluations(tmp_path / "straight", method)["100 NFE"]
+    for figure in ("train_nfe", "exact", "scores"):
+        assert resumed["100 NFE"][figure] == unbroken[figure]
+
+
+@pytest.mark.slow
+def test_seeds_tuning_and_the_ledger(tiny_shapes_dir, tmp_path):
+    """Two seeds per method, FIND's step size tuned on prompts apart from the eval's: the
+    chosen point is the grid's best, the rows are the mean over the seeds."""
+    out = tmp_path / "bench"
+    overrides = [
+        *tiny_bench(tiny_shapes_dir, out),
+        "bench.methods=[find]",
+        "bench.seeds=[0,1]",
+        "bench.budgets=[40]",
+        "bench.tuning.enabled=true",
+        "bench.tuning.prompts=[a green triangle,a yellow square]",
+        "bench.tuning.budget=40",
+        "bench.tuning.eval_samples=2",
+        "bench.tuning.grid={find: {learner.loss.policy_lr: [0.1, 3.0]}}",
+    ]
+    run_bench(load_bench_config("configs/bench-shapes.yaml", overrides), progress=False)
+    data = json.loads((out / "bench.json").read_text())
+    grid = data["tuning"]["find"]["grid"]
+    assert [g["params"] for g in grid] == [
+        {"learner.loss.policy_lr": 0.1},
+        {"learner.loss.policy_lr": 3.0},
+    ]
+    best = max(grid, key=lambda g: (g["exact"], g["score"]))
+    assert data["tuning"]["find"]["chosen"] == best["params"]
+    for lr in ("0.1", "3.0"):  # each grid point its own cell, on the tuning seed
+        tuned = out / "tuning" / "cells" / "find" / f"learner.loss.policy_lr={lr}" / "seed100"
+        assert (tuned / "evaluations.json").is_file()
+    (find,) = [p for p in data["points"] if p["method"] == "find"]
+    assert find["seeds"] == 2
+    per_seed = [evaluations(out, "find", seed)["40 NFE"]["exact"] for seed in (0, 1)]
+    means = [sum(map(sum, exact)) / 8 for exact in per_seed]  # 2 prompts x 4 samples each
+    assert find["exact"] == pytest.approx(sum(means) / 2)
+    assert find["exact_gain_sd"] == pytest.approx(abs(means[0] - means[1]) / 2**0.5)
+    assert "Tuning grid" in (out / "bench.md").read_text()
+    assert "| find/seed1 | 40 NFE |" in (out / "cells.md").read_text()
 
 
 def test_bench_config_errors_name_the_key(tiny_shapes_dir, tmp_path, capsys):
@@ -95,6 +169,14 @@ def test_bench_config_errors_name_the_key(tiny_shapes_dir, tmp_path, capsys):
         load_bench_config(None, ["bench.methods=[find,dpok]"])
     with pytest.raises(ConfigError, match="bench.nope"):
         load_bench_config(None, ["bench.nope=1"])
+    with pytest.raises(ConfigError, match="bench.seeds"):
+        load_bench_config(None, ["bench.seeds=[1,1]"])
+    with pytest.raises(ConfigError, match="bench.tuning.grid"):
+        load_bench_config(None, ["bench.tuning.grid={base: {x: [1]}}"])
+    with pytest.raises(ConfigError, match="--preset"):
+        load_bench_config(None, [], preset="slow")
+    quick = load_bench_config("configs/bench-shapes.yaml", [], preset="quick")
+    assert quick.bench.seeds == [0] and not quick.bench.tuning.enabled
     assert main(["bench", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
 
@@ -138,3 +220,57 @@ def test_bench_runs_on_a_tiny_sd_pipeline_with_clipscore(tmp_path):
     assert data["surrogate"] == {}  # CLIPScore's own gradient, no surrogate
     assert all(p["score"] == p["score"] for p in data["points"])  # finite scores
     assert "| dno | 1 it |" in (out / "bench.md").read_text()
+
+
+def evaluation(label: str, exact, budget: int = 0, diversity=(1.0, 1.0)):
+    from find_ray.bench.cells import Evaluation
+
+    exact = [list(map(float, row)) for row in exact]
+    return Evaluation(label, budget, budget, 4.0, 1.0, exact, exact, list(diversity))
+
+
+def test_a_row_is_the_mean_over_seeds_with_their_spread():
+    from find_ray.bench.aggregate import best_of_points, seeds_point
+
+    base = evaluation("N(0, I)", [[0, 0, 1, 0], [0, 1, 0, 0]])  # exact 0.25
+    seed0 = evaluation("40 NFE", [[1, 0, 1, 0], [0, 1, 0, 0]], 40, (0.5, 1.0))  # 0.375
+    seed1 = evaluation("40 NFE", [[1, 1, 1, 0], [1, 1, 0, 0]], 40, (1.0, 1.0))  # 0.625
+    point = seeds_point("find", [seed0, seed1], base)
+    assert point.seeds == 2 and point.exact == pytest.approx(0.5)
+    gain, low, high = point.exact_gain
+    assert gain == pytest.approx(0.25) and low <= gain <= high
+    assert point.exact_gain_sd == pytest.approx((0.375 - 0.125) / 2**0.5)  # sd of +0.125, +0.375
+    assert point.diversity_ratio == pytest.approx((0.5 + 1 + 1 + 1) / 4)
+    one, two = best_of_points("find_best_of_n", [seed0, seed1], base, [2, 4])
+    assert one.inference_nfe == 8 and two.inference_nfe == 16
+    # rows with an exact sample among 4 draw it for sure at N = 4: every row here has one
+    assert two.exact == pytest.approx(1.0) and point.exact <= one.exact <= two.exact
+
+
+def test_a_method_still_rising_gets_four_times_the_budget_until_it_plateaus():
+    from find_ray.bench.cells import Cell, CellKey
+    from find_ray.bench.schedule import extended_budgets
+
+    def cell(seed, exacts):
+        c = Cell(CellKey("find", seed), None)
+        c.evaluations = [evaluation(f"{b}", [[e]], b) for b, e in exacts.items()]
+        return c
+
+    rising = [cell(0, {10: 0.1, 40: 0.3, 160: 0.5}), cell(1, {10: 0.1, 40: 0.3, 160: 0.6})]
+    assert extended_budgets(rising, [10, 40], 1000, 0.02) == [10, 40, 160, 640]
+    assert extended_budgets(rising, [10, 40], 200, 0.02) == [10, 40, 160]  # extend_to caps
+    assert extended_budgets(rising, [10, 40], 0, 0.02) == [10, 40]  # off
+    flat = [cell(0, {10: 0.3, 40: 0.31})]
+    assert extended_budgets(flat, [10, 40], 1000, 0.02) == [10, 40]
+    unfinished = [cell(0, {10: 0.1, 40: 0.3}), cell(1, {10: 0.1})]
+    assert extended_budgets(unfinished, [10, 40], 1000, 0.02) == [10, 40]  # waits for seed 1
+
+
+def test_a_bench_folder_refuses_results_of_another_eval_setting(tmp_path):
+    from find_ray.bench.schedule import check_same_bench
+
+    out = tmp_path / "bench"
+    check_same_bench(load_bench_config(None, ["bench.eval_samples=16"]), out)
+    check_same_bench(load_bench_config(None, ["bench.eval_samples=16", "bench.seeds=[0,1]"]), out)
+    with pytest.raises(ConfigError, match="bench.eval_samples"):
+        check_same_bench(load_bench_config(None, ["bench.eval_samples=64"]), out)

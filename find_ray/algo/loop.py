@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -54,10 +55,28 @@ class FindLoop:
             cfg.train.seed,
         )
         self.rollouts = 0  # drawn so far (the next rollout's id)
+        self.iteration = 0  # the next iteration's index
+        self.drops = Counter[str]()
+
+    def state_dict(self) -> dict[str, Any]:
+        """What resuming needs: the learner's state and where the loop stands."""
+        return {
+            "learner": self.learner.state_dict(),
+            "rollouts": self.rollouts,
+            "iteration": self.iteration,
+            "drops": dict(self.drops),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resumes where `state_dict` was taken: the next iterations equal an unbroken run's."""
+        self.learner.load_state_dict(state["learner"])
+        self.rollouts, self.iteration = int(state["rollouts"]), int(state["iteration"])
+        self.drops = Counter(state["drops"])
 
     def __iter__(self) -> Iterator[dict[str, float]]:
-        t, drops = self.cfg.train, Counter[str]()
-        for it in range(t.iterations):
+        """Iterations `iteration` .. train.iterations - 1 (all of them for a new loop)."""
+        t, drops = self.cfg.train, self.drops
+        for it in range(self.iteration, t.iterations):
             ids = iteration_prompt_ids(
                 len(self.prompts), t.samples_per_prompt, t.prompts_per_iteration, it, t.seed
             )
@@ -73,4 +92,5 @@ class FindLoop:
             metrics.update(reward_metrics([r.reward for r in scored], rows))
             for reason, n in drops.items():
                 metrics[f"drops/{reason}"] = float(n)
+            self.iteration = it + 1
             yield metrics

@@ -234,6 +234,16 @@ class DDPOTrainer(LoraTrainer):
         self.stats = PerPromptStats(config.stat_buffer_size, config.stat_min_count)
         self.optimizer_steps = 0
 
+    def extra_state(self) -> dict[str, Any]:
+        """The per-prompt reward buffers and the optimiser-step count."""
+        buffers = {prompt: list(buffer) for prompt, buffer in self.stats.buffers.items()}
+        return {"buffers": buffers, "optimizer_steps": self.optimizer_steps}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        size = self.stats.buffer_size
+        self.stats.buffers = {p: deque(b, maxlen=size) for p, b in state["buffers"].items()}
+        self.optimizer_steps = int(state["optimizer_steps"])
+
     def _advantages(self, prompts: list[str], rewards: torch.Tensor) -> torch.Tensor:
         if self.config.per_prompt_stat_tracking:
             return self.stats.update(prompts, rewards)

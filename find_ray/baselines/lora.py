@@ -67,6 +67,34 @@ class LoraTrainer:
         size = (size, size) if isinstance(size, int) else tuple(size)
         self.latent_shape = (self.unet.config.in_channels, *size)
 
+    def state_dict(self) -> dict[str, Any]:
+        """What resuming needs: the adapters, the optimiser, the NFE counts and the generator
+        (a subclass adds its own through `extra_state`)."""
+        return {
+            "adapters": [p.detach().cpu().clone() for p in self.params],
+            "optimizer": self.optimizer.state_dict(),
+            "counts": dict(self.counter.counts),
+            "generator": self.generator.get_state(),
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resumes where `state_dict` was taken: the next steps equal an unbroken run's."""
+        with torch.no_grad():
+            for p, saved in zip(self.params, state["adapters"], strict=True):
+                p.copy_(saved)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.counter.counts.clear()
+        self.counter.counts.update(state["counts"])
+        self.generator.set_state(state["generator"])
+        self.load_extra_state(state["extra"])
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restores what `extra_state` returned."""
+
     @property
     def train_nfe(self) -> int:
         """Images through the UNet while training (each call counts its batch, 2B under

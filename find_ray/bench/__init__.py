@@ -1,56 +1,94 @@
 """`find-ray bench`: FIND and its peers on the same prompts, eval noise and denoiser budgets.
 
-`config` (settings), `bench` (what the methods share, a result row), `methods` (one runner per
-method), `report` (table and plot); `run_bench` runs the configured methods and writes them.
+`config` (settings, presets), `bench` (what the methods share, a table row), `methods` (one
+runner per method), `cells` (a method x seed's saved evaluations and training state),
+`schedule` (tuning, then every cell budget by budget), `aggregate` (cells to rows over seeds),
+`report` (tables and plot); `run_bench` runs what is not done yet and writes the results.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from find_ray.bench.bench import Bench, Point
+from find_ray.bench.aggregate import table_points
+from find_ray.bench.bench import Bench
+from find_ray.bench.cells import Cell, CellKey
 from find_ray.bench.config import BenchConfig, load_bench_config
-from find_ray.bench.methods import RUNNERS
-from find_ray.bench.report import markdown, plot
+from find_ray.bench.report import cells_table, markdown, plot, tuning_table
+from find_ray.bench.schedule import (
+    Allowance,
+    Tuning,
+    check_same_bench,
+    run_cells,
+    tune,
+    with_params,
+)
+from find_ray.eval.report import write_json
 
 __all__ = ["BenchConfig", "load_bench_config", "run_bench"]
 
 
-def run_bench(cfg: BenchConfig, methods: list[str] | None = None, progress: bool = True) -> Path:
-    """Runs the configured methods (those without saved points), then writes bench.json,
-    bench.md and bench.png to bench.out_dir; returns the markdown file."""
-    bench = Bench(cfg, progress)
-    points_dir = bench.out / "points"
-    points_dir.mkdir(parents=True, exist_ok=True)
-    (bench.out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    for method in methods or cfg.bench.methods:
-        saved = points_dir / f"{method}.json"
-        if saved.is_file():
-            print(f"{method}: reusing {saved}")
-            continue
-        points = RUNNERS[method](bench)
-        saved.write_text(json.dumps([asdict(p) for p in points], indent=1))
-    points = [
-        Point(**{**p, **{k: tuple(v) for k, v in p.items() if k.endswith("_gain")}})
-        for method in cfg.bench.methods
-        if (points_dir / f"{method}.json").is_file()
-        for p in json.loads((points_dir / f"{method}.json").read_text())
-    ]
-    (bench.out / "bench.json").write_text(
-        json.dumps(
-            {
-                "prompts": bench.prompts,
-                "surrogate": bench.surrogate_report(),
-                "points": [asdict(p) for p in points],
-            },
-            indent=1,
-        )
+def run_bench(
+    cfg: BenchConfig,
+    methods: list[str] | None = None,
+    progress: bool = True,
+    max_cells: int | None = None,
+) -> Path:
+    """Runs the cells not done yet (the tuning grid first; at most `max_cells` cell steps),
+    then writes bench.json, bench.md, bench.png and cells.md to bench.out_dir from every cell
+    saved there; returns bench.md."""
+    out = Path(cfg.bench.out_dir)
+    check_same_bench(cfg, out)
+    methods = [m for m in (methods or cfg.bench.methods) if m != "best_of_n"]  # from the base
+    allowance = Allowance(max_cells)
+    tuning = tune(cfg, methods, allowance, progress)
+    if tuning.complete:
+        for method in ["base", *[m for m in methods if m != "base"]]:
+            tuned = with_params(cfg, method, tuning.chosen.get(method, ()))
+            if run_cells(tuned, method, out / "cells", allowance, progress) is None:
+                break
+    return write_results(cfg, tuning)
+
+
+def main_cells(cfg: BenchConfig) -> dict[str, list[Cell]]:
+    """The saved cells of every configured method and seed that has an evaluation."""
+    s, root = cfg.bench, Path(cfg.bench.out_dir) / "cells"
+    found: dict[str, list[Cell]] = {}
+    for method in ["base", *[m for m in s.methods if m not in ("base", "best_of_n")]]:
+        seeds = s.seeds[:1] if method == "base" else s.seeds
+        cells = [Cell.open(root, CellKey(method, seed)) for seed in seeds]
+        if any(c.evaluations for c in cells):
+            found[method] = [c for c in cells if c.evaluations]
+    return found
+
+
+def write_results(cfg: BenchConfig, tuning: Tuning) -> Path:
+    """The table, plot, JSON and the cells' ledger from what is saved (a partial bench
+    writes the rows it has)."""
+    out = Path(cfg.bench.out_dir)
+    bench, cells = Bench(cfg, progress=False), main_cells(cfg)
+    points = []
+    if "base" in cells:
+        (base,) = cells["base"][0].evaluations
+        points = table_points(cells, base, cfg.bench.best_of, seed=cfg.bench.surrogate.seed)
+    surrogate = bench.surrogate_report()
+    write_json(
+        out / "bench.json",
+        {
+            "prompts": bench.prompts,
+            "surrogate": surrogate,
+            "tuning": tuning.as_dict(),
+            "cells": {c.key.name: c.elapsed_s for mine in cells.values() for c in mine},
+            "points": [asdict(p) for p in points],
+        },
     )
-    plot(points, bench.out / "bench.png")
-    table = bench.out / "bench.md"
-    table.write_text(markdown(points, bench.prompts, bench.surrogate_report()))
+    if points:
+        plot(points, out / "bench.png")
+    lines = markdown(points, bench.prompts, surrogate)
+    if tuning.rows:
+        lines += ["", *tuning_table(tuning)]
+    table = out / "bench.md"
+    table.write_text("\n".join(lines) + "\n")
+    (out / "cells.md").write_text("\n".join(cells_table(cells, tuning)) + "\n")
     return table

@@ -1,5 +1,5 @@
 """What every method of the bench shares: config, prompts, the exact reward, the base's eval,
-and how a method's result becomes a table row (`Point`) paired with the base."""
+the surrogate reward, and the table's row (`Point`)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from find_ray.algo.noise import seeded_normal
 from find_ray.backends import denoiser_calls, make_backend
 from find_ray.bench.config import BenchConfig
 from find_ray.eval.evaluate import PromptResult, evaluate, score_plan
-from find_ray.eval.stats import paired_bootstrap_ci
 from find_ray.prompts import load_suite
 from find_ray.rewards import (
     make_differentiable_reward,
@@ -45,6 +43,8 @@ class Point:
     quality: float = math.nan  # the quality scorer's mean score (eval.quality)
     quality_gain: tuple[float, float, float] = (math.nan, math.nan, math.nan)
     shell: float = math.nan  # ||z_T||^2 / d of the eval noise, where the method draws it
+    seeds: int = 1  # training seeds behind the row (its figures are their mean)
+    exact_gain_sd: float = math.nan  # spread (sd) of the exact gain across those seeds
 
 
 class Bench:
@@ -110,45 +110,6 @@ class Bench:
             self._base = self.evaluate(self.backend())
         return self._base
 
-    def point(
-        self,
-        method: str,
-        label: str,
-        results: list[PromptResult],
-        train_nfe: int,
-        inference_nfe: float,
-        wall_s: float,
-        kl: float = math.nan,
-    ) -> Point:
-        """A table row: `results` against the base on the same eval noise."""
-        base = self.base
-        exact = np.stack([r.exact for r in results])
-        scores = np.stack([r.scores for r in results])
-        ratio = np.nanmean([r.diversity / b.diversity for r, b in zip(results, base, strict=True)])
-        extra = {}
-        if results[0].quality is not None and base[0].quality is not None:
-            quality = np.stack([r.quality for r in results])
-            extra["quality"] = float(quality.mean())
-            extra["quality_gain"] = paired_bootstrap_ci(
-                np.stack([b.quality for b in base]), quality
-            )
-        if results[0].shell is not None:
-            extra["shell"] = float(np.mean([r.shell.mean() for r in results]))
-        return Point(
-            method,
-            label,
-            int(train_nfe),
-            float(inference_nfe),
-            float(wall_s),
-            float(exact.mean()),
-            paired_bootstrap_ci(np.stack([b.exact for b in base]), exact),
-            float(scores.mean()),
-            paired_bootstrap_ci(np.stack([b.scores for b in base]), scores),
-            float(ratio),
-            kl,
-            **extra,
-        )
-
     def differentiable_reward(self) -> Callable:
         """The reward DNO and DRTune follow: the reward's own differentiable form, or on the
         shapes world (whose detector has none) the surrogate, trained once and cached in
@@ -171,7 +132,7 @@ class Bench:
                     self.prompts,
                     epochs=self.settings.surrogate.epochs,
                     lr=self.settings.surrogate.lr,
-                    seed=self.settings.seed,
+                    seed=self.settings.surrogate.seed,
                     progress=self.progress,
                 )
                 save_surrogate(net, folder, report)
@@ -186,7 +147,7 @@ class Bench:
     def _surrogate_images(self) -> torch.Tensor:
         """Base images of the bench prompts from noise seeds apart from the eval's."""
         backend, n = self.backend(), self.settings.surrogate.images_per_prompt
-        generator = torch.Generator().manual_seed(self.settings.seed + 7_777)
+        generator = torch.Generator().manual_seed(self.settings.surrogate.seed + 7_777)
         images = []
         for prompt in self.prompts:
             for start in range(0, n, 32):

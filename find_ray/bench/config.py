@@ -1,9 +1,11 @@
-"""The bench's configuration: the methods, budgets, eval settings and each method's knobs."""
+"""The bench's configuration: the methods, budgets, seeds, eval settings, each method's knobs,
+the tuning grid, and the presets (`find-ray bench --preset quick`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from find_ray.baselines.ddpo import DDPOConfig
 from find_ray.baselines.drtune import DRTuneConfig
@@ -11,7 +13,8 @@ from find_ray.config import ModelConfig, QualityConfig, RewardConfig, load_struc
 from find_ray.errors import ConfigError
 
 METHODS = ("base", "best_of_n", "find", "ddpo", "drtune", "dno")
-LINES = (*METHODS, "find_best_of_n")  # what the plot draws (FIND's runner adds the last)
+TUNABLE = ("find", "ddpo", "drtune", "dno")  # methods with knobs (base and best-of-N have none)
+LINES = (*METHODS, "find_best_of_n")  # what the plot draws (FIND's points give the last)
 
 
 @dataclass
@@ -28,6 +31,24 @@ class SurrogateSettings:
     images_per_prompt: int = 64  # base images generated to train it (seeds apart from eval)
     epochs: int = 20
     lr: float = 3e-3
+    seed: int = 0
+
+
+@dataclass
+class TuningSettings:
+    """Each method's most sensitive knobs, compared on prompts apart from the eval prompts at
+    one budget and one seed; the best grid point (exact match, then score) is what the main
+    cells run with. `grid`: method -> {key -> values}, a key of `bench.<method>` (for find: a
+    FindRayConfig key, appended to `bench.find`)."""
+
+    enabled: bool = True
+    suite: str = "heldout"  # where the tuning prompts come from (never the eval prompts)
+    prompts: list[str] = field(default_factory=list)  # explicit tuning prompts
+    max_prompts: int = 4
+    budget: int = 4000  # training NFE the grid points are compared at
+    eval_samples: int = 16
+    seed: int = 100
+    grid: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -39,13 +60,18 @@ class BenchSettings:
     budgets: list[int] = field(default_factory=lambda: [4000, 16000])  # training NFE
     eval_samples: int = 16  # k images per prompt, the same eval noise for every method
     eval_seed: int = 1234
-    seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0])  # training seeds per method
+    # a trained method still rising at its largest budget gets 4x more, until the mean exact
+    # match gains < `plateau` over the last 4x or the budget would pass `extend_to` (0: never)
+    extend_to: int = 0
+    plateau: float = 0.02
     best_of: list[int] = field(default_factory=lambda: [2, 4, 8])
     find: list[str] = field(default_factory=list)  # FindRayConfig overrides (learner, train)
     ddpo: DDPOConfig = field(default_factory=DDPOConfig)
     drtune: DRTuneConfig = field(default_factory=DRTuneConfig)
     dno: DNOSettings = field(default_factory=DNOSettings)
     surrogate: SurrogateSettings = field(default_factory=SurrogateSettings)
+    tuning: TuningSettings = field(default_factory=TuningSettings)
     out_dir: str = "benchmarks/results/bench"
 
     def __post_init__(self) -> None:
@@ -56,6 +82,13 @@ class BenchSettings:
             raise ConfigError("config key 'bench.budgets': one or more positive NFE budgets")
         if self.eval_samples < 2:
             raise ConfigError("config key 'bench.eval_samples': must be >= 2")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError("config key 'bench.seeds': one or more distinct seeds")
+        untunable = sorted(set(self.tuning.grid) - set(TUNABLE))
+        if untunable:
+            raise ConfigError(f"config key 'bench.tuning.grid': no knobs to tune for {untunable}")
+        if set(self.tuning.prompts) & set(self.prompts):
+            raise ConfigError("config key 'bench.tuning.prompts': must not share eval prompts")
 
 
 @dataclass
@@ -73,6 +106,26 @@ class BenchConfig:
     bench: BenchSettings = field(default_factory=BenchSettings)
 
 
-def load_bench_config(path: str | Path | None, overrides: list[str] | None = None) -> BenchConfig:
-    """The validated bench config from a YAML file and `key=value` overrides."""
-    return load_structured(BenchConfig, path, overrides)
+# `find-ray bench --preset NAME`: overrides applied before the command line's.
+PRESETS: dict[str, list[str]] = {
+    # a first look in <= 20 minutes on a 2-core CPU: 4 prompts, one seed, one budget, no tuning
+    "quick": [
+        "bench.max_prompts=4",
+        "bench.eval_samples=16",
+        "bench.seeds=[0]",
+        "bench.budgets=[4000]",
+        "bench.best_of=[2,4,8]",
+        "bench.dno.iterations=[2,5]",
+        "bench.tuning.enabled=false",
+        "bench.extend_to=0",
+    ],
+}
+
+
+def load_bench_config(
+    path: str | Path | None, overrides: list[str] | None = None, preset: str | None = None
+) -> BenchConfig:
+    """The validated bench config from a YAML file, a preset and `key=value` overrides."""
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"--preset {preset!r}: one of {sorted(PRESETS)}")
+    return load_structured(BenchConfig, path, [*PRESETS.get(preset or "", []), *(overrides or [])])

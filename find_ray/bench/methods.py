@@ -4,9 +4,9 @@ Every method starts from the same pipeline and is scored by the same exact rewar
 eval noise (`algo.noise.seeded_normal`): k samples per prompt, paired with the base model's.
 
 - base:      the pipeline as it is (the reference of every gain).
-- best_of_n: N base samples, the reward picks one (inference-time selection; N x the NFE).
-- find:      per-prompt noise policies (the in-process FIND loop), evaluated whenever its
-             training NFE passes a budget.
+- best_of_n: N base samples, the reward picks one (inference-time selection; N x the NFE;
+             computed from the base's eval samples, `bench.aggregate`).
+- find:      per-prompt noise policies (the in-process FIND loop), evaluated at each budget.
 - ddpo:      PPO over the DDIM eta = 1 chain on LoRA, the exact reward (no gradient needed).
 - drtune:    LoRA tuned through the chain on the surrogate reward's gradient.
 - dno:       the eval noises themselves optimised, per image, on the surrogate's gradient:
@@ -16,8 +16,9 @@ Training NFE counts every denoiser call of training (sampling, training passes a
 recomputations, classifier-free guidance twice); inference NFE per image what one eval image
 costs. DNO and DRTune need a differentiable reward: on the shapes world a small CNN trained on
 base images to predict the detector (`baselines.surrogate`, its accuracy in the report); every
-method is evaluated with the exact reward only. Each method's points are saved when it ends;
-a rerun reads them instead of training again.
+method is evaluated with the exact reward only. A trained method runs budget by budget in its
+cell (`bench.cells`): each budget's evaluation is saved with the training state there, and a
+rerun goes on from the last one.
 """
 
 from __future__ import annotations
@@ -25,152 +26,114 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 
-import numpy as np
 import torch
 
-from find_ray.algo.gaussian import standard_normal_kl
 from find_ray.baselines.chain import DenoisingChain
 from find_ray.baselines.ddpo import DDPOTrainer
 from find_ray.baselines.dno import optimise_noise
 from find_ray.baselines.drtune import DRTuneTrainer
 from find_ray.baselines.nfe import NFECounter
-from find_ray.bench.bench import Bench, Point
+from find_ray.bench.bench import Bench
+from find_ray.bench.cells import Cell, Evaluation
 from find_ray.config import FindRayConfig, load_config
-from find_ray.errors import ConfigError
-from find_ray.eval.evaluate import PromptResult, policy_transform
-from find_ray.eval.stats import expected_best_of
+from find_ray.eval.evaluate import policy_transform
+
+# A runner advances a cell to a training-NFE budget and adds its evaluation there (trained
+# methods), or runs the whole cell at once (inference-time methods: budget 0).
+Runner = Callable[[Bench, Cell, int], None]
 
 
-def _crossed(budgets: list[int], before: int, after: int) -> list[int]:
-    return [b for b in sorted(budgets) if before < b <= after]
+def run_base(bench: Bench, cell: Cell, budget: int) -> None:
+    costs = {"budget": 0, "train_nfe": 0, "inference_nfe": bench.calls, "wall_s": 0.0}
+    cell.add(Evaluation.of("N(0, I)", bench.base, **costs, kl=0.0))
 
 
-def run_base(bench: Bench) -> list[Point]:
-    return [bench.point("base", "N(0, I)", bench.base, 0, bench.calls, 0.0, kl=0.0)]
-
-
-def run_best_of_n(bench: Bench) -> list[Point]:
-    """The base's best-of-N (`best_of_points` of its eval samples)."""
-    return best_of_points(bench, "best_of_n", bench.base, 0, 0.0)
-
-
-def best_of_points(
-    bench: Bench, method: str, results: list[PromptResult], train_nfe: int, wall_s: float
-) -> list[Point]:
-    """Expected best-of-N exact match and score from a result's k samples per prompt (the
-    exact order statistic of drawing N of k; the shapes reward is 1 exactly when the match is
-    exact, so picking by reward picks an exact sample whenever there is one), for each N of
-    bench.best_of, against the base's one sample. Not paired per sample: its CI resamples
-    each prompt's pool."""
-    rng = np.random.default_rng(bench.settings.seed)
-    exact, scores = np.stack([r.exact for r in results]), np.stack([r.scores for r in results])
-    base_exact = float(np.mean([r.exact.mean() for r in bench.base]))
-    base_score = float(np.mean([r.scores.mean() for r in bench.base]))
-    k, points = exact.shape[1], []
-    for n in bench.settings.best_of:
-        if n > k:
-            raise ConfigError(f"config key 'bench.best_of': N={n} > eval_samples={k}")
-
-        def best(x: np.ndarray, n: int = n) -> float:
-            return float(np.mean([expected_best_of(row, n) for row in x]))
-
-        boot = [
-            best(np.take_along_axis(exact, rng.integers(0, k, exact.shape), 1)) for _ in range(200)
-        ]
-        low, high = np.quantile(boot, [0.025, 0.975]) - base_exact
-        e, s = best(exact), best(scores)
-        points.append(
-            Point(
-                *(method, f"N={n}", train_nfe, float(n * bench.calls), wall_s, e),
-                *((e - base_exact, float(low), float(high)), s),
-                *((s - base_score, math.nan, math.nan), math.nan),
-            )
-        )
-    return points
-
-
-def run_find(bench: Bench) -> list[Point]:
-    """The in-process FIND loop on the bench prompts until the largest budget; evaluated at
-    each budget it passes."""
+def run_find(bench: Bench, cell: Cell, budget: int) -> None:
+    """The in-process FIND loop from the cell's last state until its training NFE reaches
+    `budget`; the policy there evaluated on the eval noise (the same iterations as one
+    unbroken run: rollout noise is keyed by rollout id, the learner's state is saved whole)."""
     from find_ray.algo.loop import FindLoop
 
-    s, backend = bench.settings, bench.backend()
-    cfg: FindRayConfig = load_config(None, [*s.find, f"train.seed={s.seed}"])
-    per_iteration = len(bench.prompts) * cfg.train.samples_per_prompt * bench.calls
-    iterations = cfg.train.iterations = math.ceil(max(s.budgets) / per_iteration)
+    backend = bench.backend()
+    cfg: FindRayConfig = load_config(None, [*bench.settings.find, f"train.seed={cell.key.seed}"])
     cfg.model, cfg.reward = bench.cfg.model, bench.cfg.reward
+    cfg.train.iterations = 2**31 - 1  # the budget ends it
     counter = NFECounter(backend.pipe.unet, phase="train")
     loop = FindLoop(cfg, backend, bench.reward, bench.prompts)
-    points, wall, done = [], 0.0, 0
+    wall = _resume(cell, counter, loop)
+    per_iteration = len(bench.prompts) * cfg.train.samples_per_prompt * bench.calls
+    left = math.ceil(max(0, budget - counter["train"]) / per_iteration)
     start = time.perf_counter()
-    for _ in _bar(loop, "find", iterations, bench.progress):
-        wall += time.perf_counter() - start
-        for budget in _crossed(s.budgets, done, counter["train"]):
-            policy = loop.learner.policy
-            with counter.phase("eval"):
-                results = bench.evaluate(backend, policy_transform(policy))
-            with torch.no_grad():
-                mu, sigma = policy.mean_std(torch.arange(len(bench.prompts)))
-                kl = float(standard_normal_kl(mu, sigma).mean())
-            points.append(
-                bench.point(
-                    "find", f"{budget} NFE", results, counter["train"], bench.calls, wall, kl
-                )
-            )
-        done = counter["train"]
-        start = time.perf_counter()
-    if not points:
-        raise RuntimeError(f"FIND crossed no budget of {s.budgets} in {iterations} iterations")
-    # the policy at the largest budget as the proposal of best-of-N
-    return points + best_of_points(bench, "find_best_of_n", results, points[-1].train_nfe, wall)
+    for _ in _bar(loop if left else (), cell.key.name, left, bench.progress):
+        if counter["train"] >= budget:
+            break
+    wall += time.perf_counter() - start
+    policy = loop.learner.policy
+    with counter.phase("eval"):
+        results = bench.evaluate(backend, policy_transform(policy))
+    with torch.no_grad():
+        kl = float(policy.kl_to_standard_normal(torch.arange(len(bench.prompts)), "sum").mean())
+    costs = {"train_nfe": counter["train"], "inference_nfe": bench.calls, "wall_s": wall}
+    evaluation = Evaluation.of(f"{budget} NFE", results, budget=budget, **costs, kl=kl)
+    cell.add(evaluation, _state(counter, wall, loop))
 
 
-def _train_lora(bench: Bench, method: str, make_trainer, step: str) -> list[Point]:
-    """Steps a LoRA trainer (DDPO, DRTune) on a fresh pipeline until the largest budget,
-    evaluating the tuned pipeline at each budget it passes."""
-    s, backend = bench.settings, bench.backend()
-    trainer = make_trainer(backend.pipe)
-    points, wall, done = [], 0.0, 0
-    total = max(s.budgets)
-    bar = _bar(None, method, total, bench.progress)
-    while done < total:
-        start = time.perf_counter()
+def _resume(cell: Cell, counter: NFECounter, trainer: Any) -> float:
+    """Loads the cell's saved state into `trainer` and its NFE count into `counter`; returns
+    the wall time trained so far (0 for a new cell)."""
+    state = cell.state()
+    if state is None:
+        return 0.0
+    trainer.load_state_dict(state["trainer"])
+    counter.counts["train"] = int(state["train_nfe"])
+    return float(state["wall_s"])
+
+
+def _state(counter: NFECounter, wall_s: float, trainer: Any) -> dict[str, Any]:
+    return {"trainer": trainer.state_dict(), "train_nfe": counter["train"], "wall_s": wall_s}
+
+
+def _train_lora(
+    bench: Bench, cell: Cell, budget: int, backend: Any, trainer: Any, step: str
+) -> None:
+    """Steps a LoRA trainer (DDPO, DRTune) on `backend`'s UNet from the cell's last state
+    until its training NFE reaches `budget`, then evaluates the tuned pipeline."""
+    wall = _resume(cell, trainer.counter, trainer)
+    bar = _bar(None, cell.key.name, budget, bench.progress)
+    bar.update(trainer.train_nfe)
+    while trainer.train_nfe < budget:
+        start, before = time.perf_counter(), trainer.train_nfe
         getattr(trainer, step)()
         wall += time.perf_counter() - start
-        bar.update(trainer.train_nfe - done)
-        for budget in _crossed(s.budgets, done, trainer.train_nfe):
-            results = bench.evaluate(backend)
-            points.append(
-                bench.point(method, f"{budget} NFE", results, trainer.train_nfe, bench.calls, wall)
-            )
-        done = trainer.train_nfe
+        bar.update(trainer.train_nfe - before)
     bar.close()
-    return points
+    with trainer.counter.phase("eval"):
+        results = bench.evaluate(backend)
+    costs = {"train_nfe": trainer.train_nfe, "inference_nfe": bench.calls, "wall_s": wall}
+    cell.add(
+        Evaluation.of(f"{budget} NFE", results, budget=budget, **costs),
+        _state(trainer.counter, wall, trainer),
+    )
 
 
-def run_ddpo(bench: Bench) -> list[Point]:
-    m, cfg = bench.cfg.model, bench.settings.ddpo
-
-    def make(pipe):
-        chain = DenoisingChain(pipe, m.steps, m.guidance, cfg.eta)
-        return DDPOTrainer(chain, bench.scores, bench.prompts, cfg, bench.settings.seed)
-
-    return _train_lora(bench, "ddpo", make, "epoch")
+def run_ddpo(bench: Bench, cell: Cell, budget: int) -> None:
+    m, cfg, backend = bench.cfg.model, bench.settings.ddpo, bench.backend()
+    chain = DenoisingChain(backend.pipe, m.steps, m.guidance, cfg.eta)
+    trainer = DDPOTrainer(chain, bench.scores, bench.prompts, cfg, cell.key.seed)
+    _train_lora(bench, cell, budget, backend, trainer, "epoch")
 
 
-def run_drtune(bench: Bench) -> list[Point]:
-    m, cfg = bench.cfg.model, bench.settings.drtune
+def run_drtune(bench: Bench, cell: Cell, budget: int) -> None:
+    m, cfg, backend = bench.cfg.model, bench.settings.drtune, bench.backend()
+    chain = DenoisingChain(backend.pipe, m.steps, m.guidance, cfg.eta)
     reward = bench.differentiable_reward()
-
-    def make(pipe):
-        chain = DenoisingChain(pipe, m.steps, m.guidance, cfg.eta)
-        return DRTuneTrainer(chain, reward, bench.prompts, cfg, bench.settings.seed)
-
-    return _train_lora(bench, "drtune", make, "step")
+    trainer = DRTuneTrainer(chain, reward, bench.prompts, cfg, cell.key.seed)
+    _train_lora(bench, cell, budget, backend, trainer, "step")
 
 
-def run_dno(bench: Bench) -> list[Point]:
+def run_dno(bench: Bench, cell: Cell, budget: int) -> None:
     """DNO on every eval image, from its eval noise, snapshots after each count of
     `dno.iterations`. An iteration costs a forward chain and its checkpointed recomputation
     (2 T NFE, x2 under guidance) and a snapshot one more chain: what one image of that point
@@ -182,11 +145,11 @@ def run_dno(bench: Bench) -> list[Point]:
     z = bench.eval_z(backend.latent_shape)
     prompts = [p for p in bench.prompts for _ in range(s.eval_samples)]
     counter = NFECounter(chain.unet)
-    generator = torch.Generator().manual_seed(s.seed)
+    generator = torch.Generator().manual_seed(cell.key.seed)
     targets = sorted(set(s.dno.iterations))
     snapshots: dict[int, list[torch.Tensor]] = {t: [] for t in targets}
     start = time.perf_counter()
-    for lo in _bar(range(0, len(z), 32), "dno", math.ceil(len(z) / 32), bench.progress):
+    for lo in _bar(range(0, len(z), 32), cell.key.name, math.ceil(len(z) / 32), bench.progress):
         result = optimise_noise(
             chain,
             prompts[lo : lo + 32],
@@ -206,22 +169,16 @@ def run_dno(bench: Bench) -> list[Point]:
     expected = len(prompts) * (targets[-1] * per_iteration + len(targets) * render)
     if counter["inference"] != expected:
         raise RuntimeError(f"DNO NFE {counter['inference']} != the accounted {expected}")
-    return [
-        bench.point(
-            "dno",
-            f"{t} it",
-            bench.results_of(torch.cat(snapshots[t])),
-            0,
-            t * per_iteration + render,
-            wall * t / targets[-1],
+    for t in targets:
+        costs = {"budget": 0, "train_nfe": 0, "wall_s": wall * t / targets[-1]}
+        results = bench.results_of(torch.cat(snapshots[t]))
+        cell.add(
+            Evaluation.of(f"{t} it", results, **costs, inference_nfe=t * per_iteration + render)
         )
-        for t in targets
-    ]
 
 
-RUNNERS: dict[str, Callable[[Bench], list[Point]]] = {
+RUNNERS: dict[str, Runner] = {
     "base": run_base,
-    "best_of_n": run_best_of_n,
     "find": run_find,
     "ddpo": run_ddpo,
     "drtune": run_drtune,

@@ -6,29 +6,33 @@ import math
 from pathlib import Path
 
 from find_ray.bench.bench import Point
+from find_ray.bench.cells import Cell
 from find_ray.bench.config import LINES
+from find_ray.bench.schedule import Tuning
 from find_ray.eval.report import ci_cell, fmt, md_table
 
 
-def markdown(points: list[Point], prompts: list[str], surrogate: dict) -> str:
-    """The bench table: one row per point, every gain paired with the base on the same noise."""
+def markdown(points: list[Point], prompts: list[str], surrogate: dict) -> list[str]:
+    """The bench table: one row per point, every gain paired with the base on the same noise,
+    its mean over `seeds` training seeds and their spread."""
     header = [
-        *("method", "point", "exact", "exact gain vs base [95 % CI]", "score"),
-        *("score gain [95 % CI]", "train NFE", "inference NFE / image", "wall s"),
+        *("method", "point", "seeds", "exact", "exact gain vs base [95 % CI]", "gain sd"),
+        *("score", "score gain [95 % CI]", "train NFE", "inference NFE / image", "wall s"),
         *("KL to N(0, I)", "diversity ratio", "quality", "quality change [95 % CI]"),
         "‖z_T‖² / d",
     ]
     rows = [
         [
-            *(p.method, p.label, fmt(p.exact), ci_cell(*p.exact_gain), f"{p.score:.3f}"),
-            *(ci_cell(*p.score_gain), p.train_nfe, f"{p.inference_nfe:.0f}", f"{p.wall_s:.0f}"),
-            *(fmt(p.kl, ".3g"), fmt(p.diversity_ratio, ".2f"), fmt(p.quality, ".4f")),
+            *(p.method, p.label, p.seeds, fmt(p.exact), ci_cell(*p.exact_gain)),
+            *(fmt(p.exact_gain_sd), f"{p.score:.3f}", ci_cell(*p.score_gain), p.train_nfe),
+            *(f"{p.inference_nfe:.0f}", f"{p.wall_s:.0f}", fmt(p.kl, ".3g")),
+            *(fmt(p.diversity_ratio, ".2f"), fmt(p.quality, ".4f")),
             *(ci_cell(*p.quality_gain, "+.4f"), fmt(p.shell)),
         ]
         for p in points
     ]
     lines = [f"Prompts ({len(prompts)}): " + "; ".join(prompts), ""]
-    lines += md_table(header, rows, "llrlrlrrrrrrlr")
+    lines += md_table(header, rows, "llrrlrrlrrrrrrlr")
     held = surrogate.get("heldout")
     if held:
         lines += [
@@ -37,7 +41,34 @@ def markdown(points: list[Point], prompts: list[str], surrogate: dict) -> str:
             f"(constant predictor {surrogate['mae_constant']:.3f}), Pearson "
             f"{held['pearson']:.3f}, exact recall {held['exact_recall']:.2f}.",
         ]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def tuning_table(tuning: Tuning) -> list[str]:
+    """Each grid point's exact match and score on the tuning prompts; the chosen one bold."""
+    rows = []
+    for method, points in tuning.rows.items():
+        for params, exact, score in points:
+            chosen = tuning.chosen.get(method) == params
+            knobs = ", ".join(f"{k}={v}" for k, v in params)
+            rows.append([method, f"**{knobs}**" if chosen else knobs, fmt(exact), f"{score:.3f}"])
+    header = ["method", "grid point (chosen in bold)", "exact (tuning prompts)", "score"]
+    return ["Tuning grid:", "", *md_table(header, rows, "llrr")]
+
+
+def cells_table(cells: dict[str, list[Cell]], tuning: Tuning) -> list[str]:
+    """The ledger: each cell's evaluated points and wall-clock time, and the total."""
+    every = [*tuning.cells, *(c for mine in cells.values() for c in mine)]
+    rows = [
+        [c.key.name, ", ".join(e.label for e in c.evaluations), f"{c.elapsed_s / 60:.1f}"]
+        for c in every
+    ]
+    total = sum(c.elapsed_s for c in every) / 3600
+    return [
+        f"Cells: {len(every)}, {total:.2f} h of wall-clock time in all on this machine.",
+        "",
+        *md_table(["cell", "points", "minutes"], rows, "llr"),
+    ]
 
 
 def headline(points: list[Point]) -> str:
