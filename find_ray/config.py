@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from find_ray.errors import ConfigError
+from find_ray.reward_config import QualityConfig, RewardConfig, ScorerConfig  # noqa: F401
 from find_ray.shapes.settings import PretrainConfig
 
 Reduction = Literal["mean", "sum"]  # how a log-density is reduced over the latent
@@ -22,6 +23,7 @@ RatioReference = Literal["behaviour", "initial"]
 Optimizer = Literal["natural", "sgd", "adamw"]
 
 SHAPES_MODEL = "shapes"  # alias of the model folder shipped inside the package
+SHAPES_FLOW_MODEL = "shapes-flow"  # ... and of its flow-matching twin
 
 
 def _require(ok: bool, key: str, why: str) -> None:
@@ -29,7 +31,7 @@ def _require(ok: bool, key: str, why: str) -> None:
         raise ConfigError(f"config key '{key}': {why}")
 
 
-MODEL_FAMILIES = ("auto", "sd", "sdxl", "turbo", "t2v", "animatediff")
+MODEL_FAMILIES = ("auto", "sd", "sdxl", "turbo", "t2v", "animatediff", "sd3", "flux", "wan", "flow")
 MODEL_SCHEDULERS = {  # model.scheduler -> diffusers class ("": the folder's own scheduler)
     "ddim": "DDIMScheduler",
     "euler": "EulerDiscreteScheduler",
@@ -42,20 +44,24 @@ MODEL_SCHEDULERS = {  # model.scheduler -> diffusers class ("": the folder's own
 @dataclass
 class ModelConfig:
     backend: str = "pipeline"  # pipeline | simulated (a fixed latency, for system tests)
-    path: str = SHAPES_MODEL  # "shapes", a local diffusers pipeline folder, or a hub id (online)
-    family: str = "auto"  # auto (model_index.json's class) | sd | sdxl | turbo | t2v | animatediff
+    path: str = SHAPES_MODEL  # shapes | shapes-flow | a local diffusers pipeline folder | a hub id
+    # auto (model_index.json's class) | sd | sdxl | turbo | t2v (legacy) | animatediff, or
+    # flow-matching: sd3 | flux | wan | flow (a pipeline called like SD3's)
+    family: str = "auto"
     scheduler: str = ""  # "": the folder's own | ddim | euler | euler_ancestral | dpm | pndm
     steps: int = 20  # sampler steps
     guidance: float = 1.5  # classifier-free guidance scale (<= 1: off, one denoiser pass a step)
-    eta: float = 0.0  # DDIM eta; > 0 injects per-step noise (part of the environment)
+    eta: float = 0.0  # DDIM eta; > 0 injects per-step noise; flow-matching families: 0 only
     height: int = 0  # pixels, a multiple of 8 (0: the model's default)
     width: int = 0
-    num_frames: int = 16  # video families (t2v, animatediff): frames per video
+    num_frames: int = 16  # video families: frames per video (wan: 4k+1, e.g. 81)
     device: str = "cpu"
     dtype: str = "float32"
     cpu_offload: bool = False  # diffusers enable_model_cpu_offload (needs a GPU)
     attention_slicing: bool = False  # diffusers enable_attention_slicing
-    compile: bool = False  # torch.compile the denoiser (unet)
+    vae_tiling: bool = False  # decode in tiles (large images / videos in less memory)
+    vae_slicing: bool = False  # decode a batch one image / video at a time
+    compile: bool = False  # torch.compile the denoiser (the unet, or a DiT's transformer)
     latency_s: float = 0.0  # simulated backend: seconds per generate() call
 
     def __post_init__(self) -> None:
@@ -85,52 +91,6 @@ class ModelConfig:
         _require(self.num_frames >= 1, "model.num_frames", f"must be >= 1, got {self.num_frames}")
         dtypes = ("float32", "float16", "bfloat16")
         _require(self.dtype in dtypes, "model.dtype", f"one of {dtypes}, got {self.dtype!r}")
-
-
-@dataclass
-class ScorerConfig:
-    """A scorer of images: a name in find_ray.rewards.REWARDS and where its weights live."""
-
-    key = "reward"  # the config section, for error messages
-    name: str = "shapes"
-    weights_path: str = ""  # learned scorers: local file/folder ("": the usual hub name, online)
-    model: str = ""  # learned scorers: architecture override, e.g. open_clip "ViT-B-32"
-    device: str = "cpu"  # where a learned scorer runs (the reward actors' device)
-    dtype: str = "float32"
-    batch_size: int = 16  # images per forward pass of a learned scorer
-
-    def __post_init__(self) -> None:
-        _require(self.batch_size >= 1, f"{self.key}.batch_size", "must be >= 1")
-        dtypes = ("float32", "float16", "bfloat16")
-        _require(self.dtype in dtypes, f"{self.key}.dtype", f"one of {dtypes}, got {self.dtype!r}")
-
-
-@dataclass
-class RewardConfig(ScorerConfig):
-    """The reward FIND maximises."""
-
-    fault: str = ""  # chaos testing: "" | nan | raise (see rewards.inject_faults)
-    fault_rate: float = 0.0
-    fault_seed: int = 0
-    noise_std: float = 0.0  # a noisy reward: + N(0, noise_std^2) per score (the sweep's factor)
-    quality_weight: float = 0.0  # train on reward + weight * the eval.quality scorer's score
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _require(self.noise_std >= 0, "reward.noise_std", "must be >= 0")
-        _require(self.fault in ("", "nan", "raise"), "reward.fault", "one of '', nan, raise")
-        _require(0 <= self.fault_rate <= 1, "reward.fault_rate", "must be in [0, 1]")
-        _require(self.quality_weight >= 0, "reward.quality_weight", "must be >= 0")
-
-
-@dataclass
-class QualityConfig(ScorerConfig):
-    """The image-quality scorer reported beside every gain: a scorer name, "" for none, or
-    "auto": the shapes world's artifact figure (shapes_quality) with the shapes reward, none
-    with another (the SD configs name the LAION aesthetic predictor)."""
-
-    key = "eval.quality"
-    name: str = "auto"
 
 
 @dataclass

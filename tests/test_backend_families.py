@@ -1,6 +1,7 @@
-"""Every model family through the backend: tiny random pipelines saved to disk and loaded by
-`model.path`, bit-exact with the plain pipeline given the same `latents=`; the cheap checks and
-their one-line errors; and (marked ray) a few FIND updates per family through the Ray system.
+"""The unet families through the backend (the flow-matching ones: test_flow_backends): tiny
+random pipelines saved to disk and loaded by `model.path`, bit-exact with the plain pipeline
+given the same `latents=`; the cheap checks and their one-line errors; and (marked ray) a few
+FIND updates per family through the Ray system.
 """
 
 from __future__ import annotations
@@ -16,10 +17,17 @@ from find_ray.backends import PipelineBackend, check_model, denoiser_calls
 from find_ray.backends.pipeline import SDXLBackend, VideoBackend
 from find_ray.config import ModelConfig
 from find_ray.errors import ModelPathError
-from tests.tiny_pipelines import TINY, save_tiny
-from tests.tiny_rewards import tiny_reward
+from tests.tiny_pipelines import SHIPPED, tiny_folders, tiny_run_argv
 
 PROMPTS = ["a red circle", "two blue squares"]
+UNET_FAMILIES = ["sd", "turbo", "sdxl", "t2v", "animatediff"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_folders(tmp_path_factory)
+
+
 SAMPLER = {  # family -> (steps, guidance): turbo is one step without guidance
     "sd": (2, 3.0),
     "sdxl": (2, 3.0),
@@ -27,19 +35,6 @@ SAMPLER = {  # family -> (steps, guidance): turbo is one step without guidance
     "t2v": (2, 3.0),
     "animatediff": (2, 3.0),
 }
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """family -> folder of its tiny pipeline, each built once per module."""
-    folders: dict[str, object] = {}
-
-    def get(family: str):
-        if family not in folders:
-            folders[family] = save_tiny(family, tmp_path_factory.mktemp(f"tiny-{family}"))
-        return folders[family]
-
-    return get
 
 
 def backend_for(folder, family: str, **options) -> PipelineBackend:
@@ -66,7 +61,7 @@ def seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-@pytest.mark.parametrize("family", list(TINY))
+@pytest.mark.parametrize("family", UNET_FAMILIES)
 def test_latent_injection_equals_the_plain_pipeline(tiny, family):
     backend = backend_for(tiny(family), family, eta=0.5)
     video = family in ("t2v", "animatediff")
@@ -110,6 +105,12 @@ def test_sdxl_prompt_embedding_is_text_encoder_2_pooled(tiny):
 def test_prompt_embedding_is_the_pooled_text_output(tiny, family):
     emb = backend_for(tiny(family), family).encode_prompts(PROMPTS)
     assert emb.shape == (2, 16) and not torch.allclose(emb[0], emb[1])
+
+
+def test_the_legacy_text_to_video_backend_says_so(tiny, caplog):
+    with caplog.at_level(logging.WARNING, logger="find_ray.backends"):
+        backend_for(tiny("t2v"), "t2v")
+    assert "TextToVideoSDPipeline is legacy" in caplog.text and "configs/wan.yaml" in caplog.text
 
 
 def test_turbo_one_step_without_guidance_is_one_unet_pass(tiny):
@@ -185,8 +186,8 @@ def test_family_mismatch_is_one_line(tiny, family, holds):
 
 
 def test_unknown_pipeline_class_is_one_line(tmp_path):
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
-    with pytest.raises(ModelPathError, match="holds a FluxPipeline; supported: "):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "QwenImagePipeline"}))
+    with pytest.raises(ModelPathError, match="holds a QwenImagePipeline; supported: "):
         check_model(ModelConfig(path=str(tmp_path)))
 
 
@@ -213,80 +214,60 @@ def test_offline_hub_id_not_cached_says_where_it_looked(tmp_path, monkeypatch):
     assert "\n" not in message
 
 
-CONFIGS = {"sd": "sd15", "sdxl": "sdxl", "turbo": "sd-turbo", "t2v": "t2v"}
-TINY_RUN = [  # the shipped GPU config, shrunk to the tiny model on 2 CPU cores
-    "model.device=cpu",
-    "model.dtype=float32",
-    "model.height=0",
-    "model.width=0",
-    "model.num_frames=2",
-    "reward.device=cpu",
-    "reward.dtype=float32",
-    "eval.quality.device=cpu",
-    "ray.rollout_num_gpus=0",
-    "ray.reward_num_gpus=0",
-    "ray.rollout_num_cpus=0.5",
-    "ray.num_rollout_actors=1",
-    "ray.rollouts_per_task=4",
-    "ray.grid_every=0",
-    "ray.max_restarts=0",
-    "train.prompts=[a red circle,two blue squares]",
-    "train.iterations=2",
-    "train.samples_per_prompt=4",
-    "train.rollout_batch_size=4",
-    "eval.samples_per_prompt=2",
-    "eval.batch_size=4",
-    "learner.drcm_pool=2",
-    "learner.drcm_steps=2",
-    "learner.loss.drcm_hidden=8",
-]
-
-
 @pytest.mark.ray
-@pytest.mark.parametrize("family", ["sd", "sdxl", "turbo", "t2v"])
-def test_find_updates_through_ray_on_each_family(ray_local, tiny, tmp_path, family, capsys, caplog):
-    """Two FIND updates on Ray from the shipped config, shrunk to the tiny model and scored by
-    the config's own reward (ImageReward, PickScore, CLIPScore, video CLIP) with tiny weights
-    in their real formats: the final checkpoint, the run's policy and its metrics."""
+@pytest.mark.parametrize("config", list(SHIPPED))
+def test_find_updates_through_ray_from_each_shipped_config(
+    ray_local, tiny, tmp_path, config, capsys, caplog
+):
+    """Two FIND updates on Ray from each shipped GPU config, shrunk to its tiny pipeline and
+    scored by the config's own reward (ImageReward, PickScore, CLIPScore, HPSv2, video CLIP):
+    the final checkpoint, the run's policy and its metrics."""
     from find_ray import cli
     from find_ray.config import load_config
 
-    run, config = tmp_path / "run", f"configs/{CONFIGS[family]}.yaml"
-    argv = ["train", "--config", config, *TINY_RUN]
-    argv += [f"model.path={tiny(family)}", f"model.steps={SAMPLER[family][0]}"]
-    reward = load_config(config).reward.name
-    argv += tiny_reward(reward, tmp_path / "reward")
-    argv += tiny_reward("aesthetic", tmp_path / "quality", key="eval.quality")
-    rc = cli.main([*argv, f"train.out_dir={run}"])
+    run = tmp_path / "run"
+    rc = cli.main(tiny_run_argv(tiny, config, tmp_path))
     err = capsys.readouterr().err
     assert rc == 0, f"{err}\n{caplog.text}"
     checkpoint = run / "checkpoint"
     assert json.loads((checkpoint / "meta.json").read_text())["version"] == 2, err
     policy = load_policy(checkpoint / "policy.safetensors")
-    assert tuple(policy.shape) == ((4, 2, 8, 8) if family == "t2v" else (4, 8, 8))
+    assert tuple(policy.shape) == SHIPPED[config][2]
     assert all(torch.isfinite(p).all() for p in policy.parameters())
     assert torch.equal(load_policy(run / "policy.safetensors").mu, policy.mu)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["rollouts"]["stored"] == 2 * 2 * 4  # every rollout scored by `reward`
+    reward = load_config(f"configs/{config}.yaml").reward.name
     assert load_config(run / "config.yaml").reward.name == reward
     assert {"base", "trained"} <= set(metrics["quality"]["quality"])  # aesthetic, beside it
 
 
 @pytest.mark.parametrize(
-    ("override", "says"),
+    ("config", "override", "says"),
     [
-        ("reward.weights_path=/nowhere/ImageReward.pt", "no weights at /nowhere/ImageReward.pt"),
-        ("reward.name=imagereword", "unknown scorer 'imagereword'"),
-        ("model.family=sdxl", "model.family 'sdxl' but"),
-        ("model.path=/nowhere/sd15", "/nowhere/sd15"),
-        ("eval.quality.weights_path=/nowhere/head.pth", "eval.quality 'aesthetic': no weights"),
+        ("sd15", "reward.weights_path=/nowhere/ImageReward.pt", "no weights at /nowhere/Image"),
+        ("sd15", "reward.name=imagereword", "unknown scorer 'imagereword'"),
+        ("sd15", "model.family=sdxl", "model.family 'sdxl' but"),
+        ("sd15", "model.path=/nowhere/sd15", "/nowhere/sd15"),
+        ("sd15", "eval.quality.weights_path=/nowhere/head.pth", "eval.quality 'aesthetic': no"),
+        ("sd35", "model.family=flux", "model.family 'flux' but"),
+        ("flux-dev", "model.path=/nowhere/FLUX.1-dev", "/nowhere/FLUX.1-dev"),
+        ("flux-dev", "reward.weights_path=/nowhere/HPS.pt", "/nowhere/HPS.pt"),
+        (
+            "flux-schnell",
+            "model.height=1000",
+            "'model.height': flux (pixels) needs a multiple of 16",
+        ),
+        ("sd35", "model.eta=1.0", "'model.eta': 1, but flow-matching models"),
+        ("wan", "model.num_frames=16", "'model.num_frames': wan (num_frames - 1) needs a multi"),
     ],
 )
 def test_train_fails_in_one_line_before_any_actor(
-    tiny, tmp_path, override, says, capsys, monkeypatch
+    tiny, tmp_path, config, override, says, capsys, monkeypatch
 ):
-    """`find-ray train --config configs/sd15.yaml model.path=DIR` with a bad reward or model:
-    exit 2, one line naming it, and no Ray started (init is never called)."""
+    """`find-ray train --config configs/<config>.yaml model.path=DIR` with a bad reward or
+    model (a family that does not fit, missing weights, a size FLUX cannot pack, a flow
+    family's eta): exit 2, one line naming it, and no Ray started (init is never called)."""
     import ray
 
     from find_ray import cli
@@ -295,7 +276,8 @@ def test_train_fails_in_one_line_before_any_actor(
         raise AssertionError("ray.init called before the config was checked")
 
     monkeypatch.setattr(ray, "init", no_ray)
-    argv = ["train", "--config", "configs/sd15.yaml", f"model.path={tiny('sd')}", override]
+    folder = tiny(SHIPPED[config][0])
+    argv = ["train", "--config", f"configs/{config}.yaml", f"model.path={folder}", override]
     capsys.readouterr()  # the fixture's own output
     assert cli.main([*argv, f"train.out_dir={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err.strip()

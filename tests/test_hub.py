@@ -106,7 +106,11 @@ def test_connects_on_loopback_and_bounds_a_hanging_lookup(monkeypatch):
         assert hub.connects("127.0.0.1", port, timeout_s=2.0)
     assert not hub.connects("127.0.0.1", port, timeout_s=2.0)  # closed now
 
-    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: time.sleep(5))
+    def hanging_lookup(*args, **kwargs):
+        time.sleep(5)
+        raise OSError("no answer")  # what the stalled lookup ends in, long after the probe
+
+    monkeypatch.setattr(socket, "create_connection", hanging_lookup)
     began = time.monotonic()
     assert not hub.connects("hangs.invalid", 443, timeout_s=0.2)
     assert time.monotonic() - began < 2

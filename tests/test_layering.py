@@ -17,6 +17,7 @@ LAYERS = {
     "find_ray.images": 0,
     "find_ray.shapes.settings": 0,
     "find_ray.config": 1,
+    "find_ray.reward_config": 1,
     "find_ray.shapes": 2,
     "find_ray.backends": 2,
     "find_ray.rewards": 2,

@@ -1,8 +1,9 @@
 """Backends behind one interface (latent_shape, encode_prompts, generate).
 
-Pipeline families (SD, SDXL, turbo, text-to-video) live in `pipeline`, their loading and the
-cheap `check_model` in `loading`. Both are imported on first use, so actors on the simulated
-backend (the scale benchmark runs dozens) do not pay for importing diffusers.
+Pipeline families live in `pipeline` (SD, SDXL, turbo, text-to-video; the entry point
+`PipelineBackend.from_config`) and `flow` (flow-matching: SD3, FLUX.1, Wan), on `base`; their
+loading and the cheap `check_model` in `loading`. They are imported on first use, so actors on
+the simulated backend (the scale benchmark runs dozens) do not pay for importing diffusers.
 """
 
 from __future__ import annotations
@@ -16,10 +17,17 @@ from find_ray.backends.simulated import SimulatedBackend
 from find_ray.config import ModelConfig
 
 if TYPE_CHECKING:
+    from find_ray.backends.base import DiffusersBackend
+    from find_ray.backends.flow import FlowBackend, FluxBackend, SD3Backend, WanBackend
     from find_ray.backends.loading import check_model, load_pipeline, resolve_model_path
     from find_ray.backends.pipeline import PipelineBackend, SDXLBackend, VideoBackend
 
 LAZY = {
+    "DiffusersBackend": "base",
+    "FlowBackend": "flow",
+    "FluxBackend": "flow",
+    "SD3Backend": "flow",
+    "WanBackend": "flow",
     "PipelineBackend": "pipeline",
     "SDXLBackend": "pipeline",
     "VideoBackend": "pipeline",
@@ -68,10 +76,15 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "Backend",
+    "DiffusersBackend",
+    "FlowBackend",
+    "FluxBackend",
     "PipelineBackend",
+    "SD3Backend",
     "SDXLBackend",
     "SimulatedBackend",
     "VideoBackend",
+    "WanBackend",
     "check_model",
     "denoiser_calls",
     "load_pipeline",

@@ -17,8 +17,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from find_ray.backends.families import configure_scheduler, resolve_family
-from find_ray.config import SHAPES_MODEL, ModelConfig
+from find_ray.backends.families import (
+    PROJECT_PIPELINES,
+    check_sampler,
+    configure_scheduler,
+    resolve_family,
+)
+from find_ray.config import SHAPES_FLOW_MODEL, SHAPES_MODEL, ModelConfig
 from find_ray.errors import ModelPathError
 
 if TYPE_CHECKING:
@@ -26,6 +31,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SHAPES_MODEL_DIR = Path(__file__).resolve().parent.parent / "shapes" / "model"
+SHIPPED = {  # model.path aliases of the folders shipped inside the package -> how to make them
+    SHAPES_MODEL: (SHAPES_MODEL_DIR, "find-ray pretrain-shapes"),
+    SHAPES_FLOW_MODEL: (
+        SHAPES_MODEL_DIR.with_name("model_flow"),
+        "find-ray pretrain-shapes --flow",
+    ),
+}
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 HOW = "download it (`huggingface-cli download HUB_ID --local-dir DIR`) and set model.path=DIR"
 
@@ -74,12 +86,13 @@ def _hub_index(repo_id: str) -> Path:
 
 
 def locate_model(path: str) -> ModelSource:
-    """The pipeline `model.path` names: "shapes", a local folder, or a hub id (online/cached)."""
-    folder = SHAPES_MODEL_DIR if path == SHAPES_MODEL else Path(path).expanduser()
+    """The pipeline `model.path` names: "shapes" or "shapes-flow" (the shipped models), a
+    local folder, or a hub id (online or cached)."""
+    folder = SHIPPED[path][0] if path in SHIPPED else Path(path).expanduser()
     if (folder / "model_index.json").is_file():
         return ModelSource(str(folder), _class_name(folder / "model_index.json"), True)
-    if path == SHAPES_MODEL:
-        raise ModelPathError(f"no shapes model at {folder} (run `find-ray pretrain-shapes`)")
+    if path in SHIPPED:
+        raise ModelPathError(f"no {path} model at {folder} (run `{SHIPPED[path][1]}`)")
     if HUB_ID.fullmatch(path) and not folder.exists():
         return ModelSource(path, _class_name(_hub_index(path)), False)
     raise ModelPathError(
@@ -100,12 +113,15 @@ def check_model(cfg: ModelConfig) -> str:
     """The family of the pipeline `cfg` names, from model_index.json alone (no weights).
 
     Raises a one-line ModelPathError for a missing model or one that does not fit
-    `model.family`; "" for the simulated backend.
+    `model.family`, a ConfigError for sampler settings the family cannot take (flow-matching:
+    eta, scheduler, sizes); "" for the simulated backend.
     """
     if cfg.backend != "pipeline":
         return ""
     source = locate_model(cfg.path)
-    return resolve_family(cfg.family, source.class_name, source.where)
+    family = resolve_family(cfg.family, source.class_name, source.where)
+    check_sampler(cfg, family)
+    return family
 
 
 def quiet_libraries() -> None:
@@ -123,28 +139,35 @@ def quiet_libraries() -> None:
 
 def load_pipeline(model: ModelConfig | str) -> DiffusionPipeline:
     """The pipeline `model` names (a ModelConfig, or a path with default options), ready."""
-    from diffusers import DiffusionPipeline
+    import importlib
 
-    from find_ray.shapes.pipeline import ShapesPipeline
+    from diffusers import DiffusionPipeline
 
     cfg = model if isinstance(model, ModelConfig) else ModelConfig(path=model)
     source = locate_model(cfg.path)
     family = resolve_family(cfg.family, source.class_name, source.where)
+    check_sampler(cfg, family)
     quiet_libraries()
-    cls = ShapesPipeline if source.class_name == "ShapesPipeline" else DiffusionPipeline
+    module = PROJECT_PIPELINES.get(source.class_name)  # diffusers finds its own classes
+    cls = (
+        getattr(importlib.import_module(module), source.class_name) if module else DiffusionPipeline
+    )
     pipe = cls.from_pretrained(
         source.where,
         dtype=getattr(torch, cfg.dtype),
         local_files_only=source.local or hub_offline(),
     )
     pipe.set_progress_bar_config(disable=True)
+    if family == "wan":  # Wan's VAE decodes in float32 (its model card loads it so)
+        pipe.vae.to(torch.float32)
     configure_scheduler(pipe, cfg.scheduler, family)
     apply_options(pipe, cfg)
     return pipe
 
 
 def apply_options(pipe: DiffusionPipeline, cfg: ModelConfig) -> None:
-    """Device placement (or model CPU offload), attention slicing and a compiled unet."""
+    """Device placement (or model CPU offload), attention slicing, VAE tiling and slicing, and
+    a compiled denoiser (the unet, or the transformer of a DiT pipeline)."""
     if cfg.cpu_offload and cfg.device.startswith("cuda") and torch.cuda.is_available():
         pipe.enable_model_cpu_offload(device=cfg.device)
     else:
@@ -153,8 +176,15 @@ def apply_options(pipe: DiffusionPipeline, cfg: ModelConfig) -> None:
         pipe.to(cfg.device)
     if cfg.attention_slicing:
         pipe.enable_attention_slicing()
+    vae = getattr(pipe, "vae", None)
+    for option, method in (("vae_tiling", "enable_tiling"), ("vae_slicing", "enable_slicing")):
+        if getattr(cfg, option) and hasattr(vae, method):
+            getattr(vae, method)()
+        elif getattr(cfg, option):
+            log.info("model.%s ignored: %s has no VAE that does it", option, type(pipe).__name__)
     if cfg.compile:
-        if hasattr(pipe, "unet"):
-            pipe.unet.compile()
-        else:
-            log.info("model.compile ignored: %s has no unet", type(pipe).__name__)
+        denoisers = [getattr(pipe, n, None) for n in ("unet", "transformer", "transformer_2")]
+        for denoiser in [d for d in denoisers if d is not None]:  # Wan 2.2 A14B has two
+            denoiser.compile()
+        if not any(d is not None for d in denoisers):
+            log.info("model.compile ignored: %s has no unet or transformer", type(pipe).__name__)

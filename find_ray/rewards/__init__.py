@@ -26,6 +26,7 @@ from find_ray.rewards.registry import (
     DifferentiableRewardFn,
     RewardFn,
 )
+from find_ray.rewards.runtime_env import check_runtime_env, ray_runtime_env  # noqa: F401
 
 
 def _known(cfg: ScorerConfig) -> None:
@@ -52,10 +53,13 @@ def quality_config(quality: ScorerConfig, reward: ScorerConfig) -> ScorerConfig 
     return dataclasses.replace(quality, name=name) if name else None
 
 
-def check_scorers(cfg: FindRayConfig) -> None:
-    """`check_reward` for the reward and the quality scorer; a quality term in the reward
-    without a quality scorer is a config error too."""
+def check_scorers(cfg: FindRayConfig, runtime_env: bool = True) -> None:
+    """`check_reward` for the reward and the quality scorer, and (`runtime_env`) the local
+    files of `reward.runtime_env`; a quality term in the reward without a quality scorer is a
+    config error too."""
     check_reward(cfg.reward)
+    if runtime_env:
+        check_runtime_env(cfg)
     quality = quality_config(cfg.eval.quality, cfg.reward)
     if quality is not None:
         check_reward(quality)
@@ -102,7 +106,7 @@ def scorers(cfg: FindRayConfig) -> tuple[RewardFn, RewardFn]:
     """(training, evaluation), sharing one reward and one quality scorer model. Rollouts are
     scored by the reward plus `reward.quality_weight` times the quality scorer's score;
     evaluation by the reward alone, with the quality figures beside it."""
-    check_scorers(cfg)
+    check_scorers(cfg, runtime_env=False)  # in a reward actor it is applied: cwd may be its own
     reward = make_reward(cfg.reward)
     config = quality_config(cfg.eval.quality, cfg.reward)
     if config is None:
@@ -187,8 +191,10 @@ from find_ray.rewards import (  # noqa: E402,F401  (register themselves)
     brightness,
     clipscore,
     hpsv2,
+    http,
     imagereward,
     jpeg,
+    module,
     pickscore,
     shapes,
     video_clip,

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RuntimeEnvSetupError
 
 from find_ray.errors import ActorStartError
 
@@ -95,12 +95,17 @@ def last_exception_line(text: str) -> str:
 
 
 def start_error(ref: ray.ObjectRef) -> StartError | None:
-    """An actor's `started()` answer; a RayActorError (it died starting) as the same pair."""
+    """An actor's `started()` answer; a RayActorError (it died starting) or a failed runtime
+    environment (e.g. `reward.runtime_env`'s pip install: its last ERROR line) as the pair."""
     try:
         return ray.get(ref)
     except RayActorError as e:
         text = ANSI.sub("", str(e))
         return last_exception_line(text), text
+    except RuntimeEnvSetupError as e:
+        text = ANSI.sub("", str(e))
+        errors = [line.strip() for line in text.splitlines() if line.strip().startswith("ERROR:")]
+        return f"its runtime_env failed: {(errors or [last_exception_line(text)])[-1]}", text
 
 
 def write_log(log: Path, header: str, text: str) -> Path:

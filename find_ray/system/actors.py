@@ -35,7 +35,7 @@ from find_ray.config import (
 )
 from find_ray.eval.evaluate import EvalJob, policy_transform, sample_eval_batch, score_eval_batch
 from find_ray.images import image_grid, to_uint8
-from find_ray.rewards import scorers
+from find_ray.rewards import ray_runtime_env, scorers
 from find_ray.system.actor_start import (
     START_LOG,
     StartChecked,
@@ -228,14 +228,18 @@ def peak_memory_mib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _options(r: RayConfig, kind: str, max_restarts: int) -> dict[str, Any]:
-    """Ray options of one kind of actor ("rollout", "reward", "learner") from `ray.*`."""
+def _options(
+    r: RayConfig, kind: str, max_restarts: int, runtime_env: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Ray options of one kind of actor ("rollout", "reward", "learner") from `ray.*`, and its
+    own Ray runtime_env when given (the reward actors': `reward.runtime_env`)."""
     return {
         "num_cpus": getattr(r, f"{kind}_num_cpus"),
         "num_gpus": getattr(r, f"{kind}_num_gpus"),
         "resources": dict(getattr(r, f"{kind}_resources")),
         "max_restarts": max_restarts,
         "max_task_retries": 0,  # the driver resubmits lost work itself, and counts it
+        **({"runtime_env": runtime_env} if runtime_env else {}),
     }
 
 
@@ -263,7 +267,8 @@ def start_actors(cfg: FindRayConfig, prompts: list[str]) -> Actors:
         )
         for _ in range(r.num_rollout_actors)
     ]
-    reward_cls = ray.remote(RewardActor).options(**_options(r, "reward", r.max_restarts))
+    env = ray_runtime_env(cfg.reward)  # the reward actors' own packages, variables and files
+    reward_cls = ray.remote(RewardActor).options(**_options(r, "reward", r.max_restarts, env))
     reward = [reward_cls.remote(cfg, prompts, r.torch_threads) for _ in range(r.num_reward_actors)]
     actors = Actors(rollout, reward, None)
     try:
