@@ -136,7 +136,10 @@ def cmd_serve(args) -> None:
 
 def cmd_pretrain_shapes(args) -> None:
     from find_ray.shapes.pretrain import pretrain
+    from find_ray.shapes.settings import FLOW_OVERRIDES
 
+    if args.flow:  # the flow model's objective and folders; the user's overrides still win
+        args.overrides = [*FLOW_OVERRIDES, *args.overrides]
     cfg = _config(args)
     began = time.monotonic()
     out = pretrain(cfg.pretrain, max_minutes=args.max_minutes)
@@ -227,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain-shapes", help="train the shipped shapes diffusion model")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this")
+    p.add_argument(
+        "--flow",
+        action="store_true",
+        help="the flow-matching model (find_ray/shapes/model_flow/, state in "
+        "runs/pretrain-shapes-flow/)",
+    )
     _common(p)
     p.set_defaults(func=cmd_pretrain_shapes)
     return parser

@@ -274,3 +274,31 @@ def test_a_bench_folder_refuses_results_of_another_eval_setting(tmp_path):
     check_same_bench(load_bench_config(None, ["bench.eval_samples=16", "bench.seeds=[0,1]"]), out)
     with pytest.raises(ConfigError, match="bench.eval_samples"):
         check_same_bench(load_bench_config(None, ["bench.eval_samples=64"]), out)
+
+
+@pytest.mark.slow
+def test_the_flow_bench_runs_flow_grpo_dno_and_reno_on_a_tiny_flow_model(tmp_path):
+    """configs/bench-shapes-flow.yaml on a tiny random flow-matching shapes model: Flow-GRPO
+    trains on the flow SDE, DNO and ReNO optimise eval noise through it; NFE accounted."""
+    from tests.tiny_flow import tiny_flow
+
+    tiny_flow().save_pretrained(tmp_path / "flow")
+    out = tmp_path / "bench"
+    overrides = [
+        *tiny_bench(tmp_path / "flow", out),
+        "bench.methods=[base,find,flow_grpo,dno,reno]",
+        "bench.flow_grpo.prompts_per_epoch=1",
+        "bench.flow_grpo.group_size=2",
+        "bench.flow_grpo.sample_batch_size=2",
+        "bench.flow_grpo.train_batch_size=2",
+        "bench.reno.iterations=[1,2]",
+    ]
+    cfg = load_bench_config("configs/bench-shapes-flow.yaml", overrides)
+    run_bench(cfg, progress=False)
+    points = json.loads((out / "bench.json").read_text())["points"]
+    calls = 2 * 2  # 2 Euler steps, guidance 1.5 doubles
+    by_method = {m: [p for p in points if p["method"] == m] for m in cfg.bench.methods}
+    assert [p["label"] for p in by_method["flow_grpo"]] == ["40 NFE", "100 NFE"]
+    assert by_method["flow_grpo"][-1]["train_nfe"] >= 100
+    assert [p["inference_nfe"] for p in by_method["reno"]] == [1 * calls, 2 * calls]
+    assert [p["inference_nfe"] for p in by_method["dno"]] == [2 * calls + calls, 4 * calls + calls]

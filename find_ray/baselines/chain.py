@@ -3,8 +3,9 @@
 DDPO scores each DDIM step's Gaussian, DNO optimises the noises the chain draws, DRTune
 backpropagates the reward through it. All three run the pipeline's own UNet, scheduler
 (a private copy, DDIM) and text conditioning, so that with the same z_T and step noises
-`DenoisingChain.sample` reproduces `pipeline(latents=z_T)` (tested). One loop serves every
-method; its options say where gradients flow.
+`DenoisingChain.sample` reproduces `pipeline(latents=z_T)` (tested). One loop (`Chain`) serves
+every method and every sampler (the flow-matching one is `flow_chain.FlowChain`); its options
+say where gradients flow.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ class Conditions:
     cond: torch.Tensor
     uncond: torch.Tensor | None = None
 
+    def select(self, index: torch.Tensor | list[int]) -> Conditions:
+        """The states of the prompts at `index` (rows of the batch)."""
+        return Conditions(self.cond[index], None if self.uncond is None else self.uncond[index])
+
     def repeat(self, n: int) -> Conditions:
         """Each prompt's states n times in a row (n samples per prompt)."""
         return Conditions(
@@ -41,7 +46,7 @@ class Conditions:
 
 @dataclass
 class Step:
-    """One DDIM step x_t -> x_{t-1} ~ N(mean, std^2 I), with the predicted x_0."""
+    """One sampler step x_t -> x_{t-1} ~ N(mean, std^2 I), with the predicted x_0."""
 
     t: torch.Tensor
     prev: torch.Tensor
@@ -70,18 +75,16 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: float) -> torch.
     return log_density.flatten(1).mean(1)
 
 
-class DenoisingChain:
-    """DDIM sampling on `pipe`'s UNet: `steps` steps, CFG `guidance`, eta (0: deterministic)."""
+class Chain:
+    """What the one-step-at-a-time samplers share: `pipe`'s UNet, its text conditions under
+    CFG `guidance`, the sampling loop and the decoding. A subclass owns the scheduler (a
+    private copy) and the step; `eta` is its noise level (0: deterministic)."""
 
-    def __init__(self, pipe: Any, steps: int, guidance: float, eta: float):
-        if not hasattr(pipe, "unet") or type(pipe).__name__.startswith("StableDiffusionXL"):
-            raise ConfigError(
-                f"model: the bench's chain methods run SD 1.x/2.x and the shapes world, "
-                f"not {type(pipe).__name__}"
-            )
-        self.pipe, self.unet, self.guidance, self.eta = pipe, pipe.unet, guidance, eta
-        self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-        self.scheduler.set_timesteps(steps)
+    scheduler: Any
+    eta: float
+
+    def __init__(self, pipe: Any, guidance: float):
+        self.pipe, self.unet, self.guidance = pipe, pipe.unet, guidance
         self.vae = getattr(pipe, "vae", None)
 
     @property
@@ -96,7 +99,7 @@ class DenoisingChain:
     def conditions(self, prompts: list[str]) -> Conditions:
         """The text states of `prompts` (and of "" when guided), as the pipeline computes them."""
         device = self.unet.device
-        if self.vae is None:  # the shapes pipeline: one encoder call per prompt list
+        if self.vae is None:  # the shapes pipelines: one encoder call per prompt list
             cond = self.pipe.encode_prompt(prompts)
             uncond = self.pipe.encode_prompt([""] * len(prompts)) if self.guided else None
             return Conditions(cond, uncond)
@@ -113,18 +116,19 @@ class DenoisingChain:
         uncond, cond = both.chunk(2)
         return uncond + self.guidance * (cond - uncond)
 
+    def model_input(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the UNet sees for the latent x_t (the scheduler's input scaling, if any)."""
+        return x
+
+    def initial(self, z_T: torch.Tensor) -> torch.Tensor:
+        """The first latent of the chain from the noise z_T."""
+        return z_T
+
     def step(
         self, output: torch.Tensor, t: torch.Tensor, x: torch.Tensor, noise: torch.Tensor | None
     ) -> Step:
-        """The scheduler's DDIM step, split into its Gaussian: prev = mean + std * noise."""
-        prev_t = t - self.scheduler.config.num_train_timesteps // self.scheduler.num_inference_steps
-        std = self.eta * float(self.scheduler._get_variance(t, prev_t)) ** 0.5
-        out = self.scheduler.step(
-            output, t, x, eta=self.eta, variance_noise=torch.zeros_like(x) if self.eta else None
-        )
-        mean = out.prev_sample
-        prev = mean if noise is None or std == 0 else mean + std * noise
-        return Step(t, prev, mean, std, out.pred_original_sample)
+        """The scheduler's step at t from x with the UNet `output`, split into its Gaussian."""
+        raise NotImplementedError
 
     def log_prob(self, step: Step, x_prev: torch.Tensor | None = None) -> torch.Tensor:
         """log-density (per-dimension mean) of x_prev (default: the step's own) under it."""
@@ -162,11 +166,11 @@ class DenoisingChain:
             the activations' memory.
         stop_at: end after this step with its predicted x_0 as `final` (DRTune's early stop).
         """
-        x = z_T * self.scheduler.init_noise_sigma
+        x = self.initial(z_T)
         trajectory = Trajectory(latents=[x])
         last = len(self.timesteps) - 1 if stop_at is None else stop_at
         for i, t in enumerate(self.timesteps[: last + 1]):
-            inp = self.scheduler.scale_model_input(x.detach() if detach_input else x, t)
+            inp = self.model_input(x.detach() if detach_input else x, t)
             with torch.set_grad_enabled(
                 torch.is_grad_enabled() and (grad_steps is None or i in grad_steps)
             ):
@@ -187,3 +191,37 @@ class DenoisingChain:
             trajectory.latents.append(x)
         trajectory.final = trajectory.steps[-1].x0 if stop_at is not None else x
         return trajectory
+
+
+class DenoisingChain(Chain):
+    """DDIM sampling on `pipe`'s UNet: `steps` steps, CFG `guidance`, eta (0: deterministic)."""
+
+    def __init__(self, pipe: Any, steps: int, guidance: float, eta: float):
+        if not hasattr(pipe, "unet") or type(pipe).__name__.startswith("StableDiffusionXL"):
+            raise ConfigError(
+                f"model: the bench's chain methods run SD 1.x/2.x and the shapes world, "
+                f"not {type(pipe).__name__}"
+            )
+        super().__init__(pipe, guidance)
+        self.eta = eta
+        self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        self.scheduler.set_timesteps(steps)
+
+    def model_input(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.scheduler.scale_model_input(x, t)
+
+    def initial(self, z_T: torch.Tensor) -> torch.Tensor:
+        return z_T * self.scheduler.init_noise_sigma
+
+    def step(
+        self, output: torch.Tensor, t: torch.Tensor, x: torch.Tensor, noise: torch.Tensor | None
+    ) -> Step:
+        """The scheduler's DDIM step, split into its Gaussian: prev = mean + std * noise."""
+        prev_t = t - self.scheduler.config.num_train_timesteps // self.scheduler.num_inference_steps
+        std = self.eta * float(self.scheduler._get_variance(t, prev_t)) ** 0.5
+        out = self.scheduler.step(
+            output, t, x, eta=self.eta, variance_noise=torch.zeros_like(x) if self.eta else None
+        )
+        mean = out.prev_sample
+        prev = mean if noise is None or std == 0 else mean + std * noise
+        return Step(t, prev, mean, std, out.pred_original_sample)

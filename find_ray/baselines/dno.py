@@ -148,7 +148,7 @@ class DNOResult:
 
 
 @contextmanager
-def _frozen(*modules: torch.nn.Module | None) -> Iterator[None]:
+def frozen(*modules: torch.nn.Module | None) -> Iterator[None]:
     """The modules' parameters without requires_grad inside the block (restored after)."""
     params = [p for m in modules if m is not None for p in m.parameters()]
     flags = [p.requires_grad for p in params]
@@ -192,7 +192,7 @@ def _noise_set(
 
 
 @torch.no_grad()
-def _clip_per_prompt_(grad: torch.Tensor, max_norm: float) -> None:
+def clip_per_prompt_(grad: torch.Tensor, max_norm: float) -> None:
     """Scales each prompt's gradient (rows of dim 0) to norm <= max_norm, in place."""
     norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
     grad.mul_((max_norm / norms).clamp(max=1.0).view(-1, *[1] * (grad.dim() - 1)))
@@ -266,7 +266,7 @@ def optimise_noise(
 
     history, taken = [], {}
     bar = tqdm(range(iterations), desc="dno", disable=not progress)
-    with _frozen(chain.unet, chain.vae):
+    with frozen(chain.unet, chain.vae):
         for i in bar:
             optimiser.zero_grad()
             gain, rewards = objective(render(noise))
@@ -276,7 +276,7 @@ def optimise_noise(
                     probability_regulariser(x, subsample, generator, shuffles) for x in noise
                 )
             loss.backward()
-            _clip_per_prompt_(noise.grad, max_grad_norm)
+            clip_per_prompt_(noise.grad, max_grad_norm)
             optimiser.step()
             history.append(rewards.detach())
             if i + 1 in snapshots and i + 1 < iterations:  # the last one is final_images

@@ -1,9 +1,12 @@
 """LoRA on the UNet's attention projections (peft, through diffusers' `add_adapter`), the
-trainable part of the fine-tuning peers (DDPO, DRTune); the base weights stay frozen."""
+trainable part of the fine-tuning peers (DDPO, DRTune, Flow-GRPO); the base weights stay
+frozen."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -33,9 +36,20 @@ def add_lora(
     return [p for p in unet.parameters() if p.requires_grad]
 
 
+@contextmanager
+def adapters_disabled(unet: Any) -> Iterator[None]:
+    """The base UNet inside the block (its LoRA adapters off): the reference model of a KL
+    term, as peft's `disable_adapter()`; the adapters are back on after."""
+    unet.disable_adapters()
+    try:
+        yield
+    finally:
+        unet.enable_adapters()
+
+
 class LoraTrainer:
-    """What the fine-tuning peers (DDPO, DRTune) share: a DDIM chain on the pipeline's UNet
-    (or a given DenoisingChain), LoRA adapters on it with AdamW, an NFE counter ("train" /
+    """What the fine-tuning peers (DDPO, DRTune, Flow-GRPO) share: a chain on the pipeline's
+    UNet (`make_chain`, or a given Chain), LoRA adapters on it with AdamW, an NFE counter ("train" /
     "inference") and one seeded generator for prompts, noise and step draws."""
 
     def __init__(
@@ -46,21 +60,29 @@ class LoraTrainer:
         seed: int,
         **adamw: Any,
     ):
-        """config: the method's settings, with the chain's `steps`, `guidance`, `eta` (used
-        when given a pipeline) and the LoRA `rank`; adamw: AdamW's keyword arguments."""
-        from find_ray.baselines.chain import DenoisingChain
+        """config: the method's settings, with what `make_chain` reads (used when given a
+        pipeline), the LoRA `rank` and optionally its `alpha` (default: the rank); adamw:
+        AdamW's keyword arguments (none: the config's lr, adam_betas, weight_decay, adam_eps)."""
+        from find_ray.baselines.chain import Chain
         from find_ray.baselines.nfe import NFECounter
 
-        if isinstance(pipe_or_chain, DenoisingChain):
+        if isinstance(pipe_or_chain, Chain):
             self.chain = pipe_or_chain
         else:
-            self.chain = DenoisingChain(pipe_or_chain, config.steps, config.guidance, config.eta)
+            self.chain = self.make_chain(pipe_or_chain, config)
         if not prompts:
             raise ConfigError(f"{type(self).__name__}: no training prompts")
         self.prompts = list(prompts)
         self.unet = self.chain.unet
-        self.params = add_lora(self.unet, config.rank)
+        self.params = add_lora(self.unet, config.rank, getattr(config, "alpha", None))
+        adamw = adamw or {
+            "lr": config.lr,
+            "betas": config.adam_betas,
+            "weight_decay": config.weight_decay,
+            "eps": config.adam_eps,
+        }
         self.optimizer = torch.optim.AdamW(self.params, **adamw)
+        self.optimizer_steps = 0
         self.counter = NFECounter(self.unet)
         self.generator = torch.Generator().manual_seed(seed)
         size = self.unet.config.sample_size
@@ -94,6 +116,20 @@ class LoraTrainer:
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Restores what `extra_state` returned."""
+
+    def make_chain(self, pipe: Any, config: Any) -> Any:
+        """The chain a given pipeline is sampled with: DDIM with the config's `steps`,
+        `guidance` and `eta` (a subclass may build another sampler's)."""
+        from find_ray.baselines.chain import DenoisingChain
+
+        return DenoisingChain(pipe, config.steps, config.guidance, config.eta)
+
+    def optimizer_step(self, max_grad_norm: float) -> None:
+        """One AdamW step on the accumulated gradients, their norm clipped to max_grad_norm."""
+        torch.nn.utils.clip_grad_norm_(self.params, max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        self.optimizer_steps += 1
 
     @property
     def train_nfe(self) -> int:

@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -69,6 +70,18 @@ class Bench:
     def backend(self):
         """A freshly loaded pipeline backend (methods that tune the UNet get their own)."""
         return make_backend(self.cfg.model)
+
+    def chain(self, pipe: Any, eta: float) -> Any:
+        """`pipe`'s sampler one step at a time (its steps and guidance): the flow SDE with noise
+        level `eta` for a flow-matching model, else DDIM with `eta`."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        from find_ray.baselines.chain import DenoisingChain
+        from find_ray.baselines.flow_chain import FlowChain
+
+        m = self.cfg.model
+        flow = isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler)
+        return (FlowChain if flow else DenoisingChain)(pipe, m.steps, m.guidance, eta)
 
     def scores(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """The exact reward's scores (B,), for methods that train on it."""

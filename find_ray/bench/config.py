@@ -9,11 +9,12 @@ from typing import Any
 
 from find_ray.baselines.ddpo import DDPOConfig
 from find_ray.baselines.drtune import DRTuneConfig
+from find_ray.baselines.flow_grpo import FlowGRPOConfig
 from find_ray.config import ModelConfig, QualityConfig, RewardConfig, load_structured
 from find_ray.errors import ConfigError
 
-METHODS = ("base", "best_of_n", "find", "ddpo", "drtune", "dno")
-TUNABLE = ("find", "ddpo", "drtune", "dno")  # methods with knobs (base and best-of-N have none)
+METHODS = ("base", "best_of_n", "find", "ddpo", "drtune", "dno", "flow_grpo", "reno")
+TUNABLE = ("find", "ddpo", "drtune", "dno", "flow_grpo", "reno")  # base, best-of-N: no knobs
 LINES = (*METHODS, "find_best_of_n")  # what the plot draws (FIND's points give the last)
 
 
@@ -24,6 +25,16 @@ class DNOSettings:
     gamma: float = 0.1  # probability-regulariser weight
     subsample: int = 1
     eta: float = 1.0
+
+
+@dataclass
+class ReNOSettings:
+    """ReNO's knobs (baselines.reno.ReNOConfig's defaults) and its snapshot iterations."""
+
+    iterations: list[int] = field(default_factory=lambda: [5, 10, 20])  # eval points
+    lr: float = 5.0
+    reg_weight: float = 0.01
+    grad_clip: float = 0.1
 
 
 @dataclass
@@ -70,6 +81,8 @@ class BenchSettings:
     ddpo: DDPOConfig = field(default_factory=DDPOConfig)
     drtune: DRTuneConfig = field(default_factory=DRTuneConfig)
     dno: DNOSettings = field(default_factory=DNOSettings)
+    flow_grpo: FlowGRPOConfig = field(default_factory=FlowGRPOConfig)
+    reno: ReNOSettings = field(default_factory=ReNOSettings)
     surrogate: SurrogateSettings = field(default_factory=SurrogateSettings)
     tuning: TuningSettings = field(default_factory=TuningSettings)
     out_dir: str = "benchmarks/results/bench"

@@ -34,7 +34,9 @@ from find_ray.baselines.chain import DenoisingChain
 from find_ray.baselines.ddpo import DDPOTrainer
 from find_ray.baselines.dno import optimise_noise
 from find_ray.baselines.drtune import DRTuneTrainer
+from find_ray.baselines.flow_grpo import FlowGRPOTrainer
 from find_ray.baselines.nfe import NFECounter
+from find_ray.baselines.reno import ReNOConfig, optimise_initial_noise
 from find_ray.bench.bench import Bench
 from find_ray.bench.cells import Cell, Evaluation
 from find_ray.config import FindRayConfig, load_config
@@ -133,48 +135,94 @@ def run_drtune(bench: Bench, cell: Cell, budget: int) -> None:
     _train_lora(bench, cell, budget, backend, trainer, "step")
 
 
-def run_dno(bench: Bench, cell: Cell, budget: int) -> None:
-    """DNO on every eval image, from its eval noise, snapshots after each count of
-    `dno.iterations`. An iteration costs a forward chain and its checkpointed recomputation
-    (2 T NFE, x2 under guidance) and a snapshot one more chain: what one image of that point
-    cost, checked against the NFE counter."""
-    s, m = bench.settings, bench.cfg.model
+def run_flow_grpo(bench: Bench, cell: Cell, budget: int) -> None:
+    cfg, backend = bench.settings.flow_grpo, bench.backend()
+    chain = bench.chain(backend.pipe, cfg.noise_level)
+    trainer = FlowGRPOTrainer(chain, bench.scores, bench.prompts, config=cfg, seed=cell.key.seed)
+    _train_lora(bench, cell, budget, backend, trainer, "epoch")
+
+
+def _optimise_eval_noise(
+    bench: Bench,
+    cell: Cell,
+    eta: float,
+    targets: list[int],
+    optimise: Callable[[Any, list[str], torch.Tensor], dict[int, torch.Tensor]],
+    nfe: Callable[[int], int],
+    counted: int,
+) -> None:
+    """An inference-time method on every eval image, from its eval noise, in batches of 32,
+    through the model's chain at `eta`: optimise(chain, prompts, z) returns {t: images after t
+    iterations} for each t of `targets`. Point t costs nfe(t) denoiser calls per image; the
+    whole run `counted` per image (checked against the NFE counter)."""
     backend = bench.backend()
-    chain = DenoisingChain(backend.pipe, m.steps, m.guidance, s.dno.eta)
-    reward = bench.differentiable_reward()
+    chain = bench.chain(backend.pipe, eta)
     z = bench.eval_z(backend.latent_shape)
-    prompts = [p for p in bench.prompts for _ in range(s.eval_samples)]
+    prompts = [p for p in bench.prompts for _ in range(bench.settings.eval_samples)]
     counter = NFECounter(chain.unet)
-    generator = torch.Generator().manual_seed(cell.key.seed)
-    targets = sorted(set(s.dno.iterations))
     snapshots: dict[int, list[torch.Tensor]] = {t: [] for t in targets}
     start = time.perf_counter()
     for lo in _bar(range(0, len(z), 32), cell.key.name, math.ceil(len(z) / 32), bench.progress):
-        result = optimise_noise(
-            chain,
-            prompts[lo : lo + 32],
-            reward,
-            z_T=z[lo : lo + 32],
-            iterations=targets[-1],
-            lr=s.dno.lr,
-            gamma=s.dno.gamma,
-            subsample=s.dno.subsample,
-            generator=generator,
-            snapshots=targets,
-        )
-        for t in targets:
-            snapshots[t].append(result.snapshots[t])
+        for t, images in optimise(chain, prompts[lo : lo + 32], z[lo : lo + 32]).items():
+            snapshots[t].append(images)
     wall = time.perf_counter() - start
-    per_iteration, render = 2 * bench.calls, bench.calls
-    expected = len(prompts) * (targets[-1] * per_iteration + len(targets) * render)
-    if counter["inference"] != expected:
-        raise RuntimeError(f"DNO NFE {counter['inference']} != the accounted {expected}")
+    if counter["inference"] != len(prompts) * counted:
+        raise RuntimeError(f"NFE {counter['inference']} != the accounted {len(prompts) * counted}")
     for t in targets:
         costs = {"budget": 0, "train_nfe": 0, "wall_s": wall * t / targets[-1]}
         results = bench.results_of(torch.cat(snapshots[t]))
-        cell.add(
-            Evaluation.of(f"{t} it", results, **costs, inference_nfe=t * per_iteration + render)
-        )
+        cell.add(Evaluation.of(f"{t} it", results, **costs, inference_nfe=nfe(t)))
+
+
+def run_dno(bench: Bench, cell: Cell, budget: int) -> None:
+    """DNO (z_T and every step noise, on the surrogate's gradient) per eval image. An
+    iteration costs a forward chain and its checkpointed recomputation (2 T NFE, x2 under
+    guidance); the image after t iterations one more chain. The bench renders a snapshot at
+    each of `dno.iterations` from one run (counted, not charged to the points)."""
+    s = bench.settings.dno
+    reward, targets = bench.differentiable_reward(), sorted(set(s.iterations))
+    generator = torch.Generator().manual_seed(cell.key.seed)
+
+    def optimise(chain: Any, prompts: list[str], z: torch.Tensor) -> dict[int, torch.Tensor]:
+        return optimise_noise(
+            chain,
+            prompts,
+            reward,
+            z_T=z,
+            iterations=targets[-1],
+            lr=s.lr,
+            gamma=s.gamma,
+            subsample=s.subsample,
+            generator=generator,
+            snapshots=targets,
+        ).snapshots
+
+    per_iteration, render = 2 * bench.calls, bench.calls
+    counted = targets[-1] * per_iteration + len(targets) * render
+
+    def nfe(t: int) -> int:
+        return t * per_iteration + render
+
+    _optimise_eval_noise(bench, cell, s.eta, targets, optimise, nfe, counted)
+
+
+def run_reno(bench: Bench, cell: Cell, budget: int) -> None:
+    """ReNO (z_T alone, its norm regulariser, the surrogate's gradient) per eval image through
+    the deterministic sampler: t iterations render t times (backward passes call no denoiser);
+    its snapshots are best-so-far images and cost nothing more."""
+    s = bench.settings.reno
+    reward, targets = bench.differentiable_reward(), sorted(set(s.iterations))
+    config = ReNOConfig(targets[-1], s.lr, grad_clip=s.grad_clip, reg_weight=s.reg_weight)
+
+    def optimise(chain: Any, prompts: list[str], z: torch.Tensor) -> dict[int, torch.Tensor]:
+        return optimise_initial_noise(
+            chain, prompts, reward, z, config, snapshots=targets
+        ).snapshots
+
+    def nfe(t: int) -> int:
+        return t * bench.calls
+
+    _optimise_eval_noise(bench, cell, 0.0, targets, optimise, nfe, nfe(targets[-1]))
 
 
 RUNNERS: dict[str, Runner] = {
@@ -183,6 +231,8 @@ RUNNERS: dict[str, Runner] = {
     "ddpo": run_ddpo,
     "drtune": run_drtune,
     "dno": run_dno,
+    "flow_grpo": run_flow_grpo,
+    "reno": run_reno,
 }
 
 

@@ -23,7 +23,7 @@ from find_ray.bench.methods import RUNNERS
 from find_ray.errors import ConfigError
 from find_ray.prompts import load_suite
 
-TRAINED = ("find", "ddpo", "drtune")  # run budget by budget; the others run a cell at once
+TRAINED = ("find", "ddpo", "drtune", "flow_grpo")  # budget by budget; others: a cell at once
 Params = tuple[tuple[str, Any], ...]
 
 
@@ -188,7 +188,7 @@ def tune(cfg: BenchConfig, methods: list[str], allowance: Allowance, progress: b
 SAME_BENCH = (
     *("model", "reward", "quality", "bench.prompts", "bench.suite", "bench.max_prompts"),
     *("bench.eval_samples", "bench.eval_seed", "bench.surrogate"),
-    *(f"bench.{method}" for method in ("find", "ddpo", "drtune", "dno")),  # what a cell ran with
+    *(f"bench.{method}" for method in TRAINED + ("dno", "reno")),  # what a cell ran with
     *(f"bench.tuning.{k}" for k in ("suite", "prompts", "max_prompts", "budget", "eval_samples")),
     "bench.tuning.seed",
 )

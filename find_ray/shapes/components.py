@@ -1,15 +1,23 @@
-"""Builds an untrained ShapesPipeline (unet, DDIM scheduler, tiny text encoder, word tokenizer)."""
+"""Builds the untrained shapes pipelines: a unet, a tiny text encoder, a word tokenizer and the
+DDIM scheduler (ShapesPipeline) or the flow-matching Euler scheduler (ShapesFlowPipeline)."""
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
 
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    SchedulerMixin,
+    UNet2DConditionModel,
+)
 from transformers import BertTokenizer, CLIPTextConfig, CLIPTextModel
 
 from find_ray.shapes.captions import VOCABULARY
-from find_ray.shapes.pipeline import ShapesPipeline
+from find_ray.shapes.flow_pipeline import ShapesFlowPipeline
+from find_ray.shapes.pipeline import ShapesPipeline, ShapesPipelineBase
 from find_ray.shapes.settings import ShapesModelConfig
 from find_ray.shapes.world import IMAGE_SIZE
 
@@ -21,6 +29,8 @@ NOISE_SCHEDULE = {
     "prediction_type": "v_prediction",
     "clip_sample": True,
 }
+# The flow model's sampler: SD3's scheduler without its resolution shift (32x32 pixels).
+FLOW_SCHEDULE = {"num_train_timesteps": 1000, "shift": 1.0}
 
 
 def build_tokenizer() -> BertTokenizer:
@@ -67,12 +77,26 @@ def training_scheduler() -> DDPMScheduler:
     return DDPMScheduler(**NOISE_SCHEDULE)
 
 
-def build_pipeline(cfg: ShapesModelConfig | None = None) -> ShapesPipeline:
+def _assemble(
+    pipeline: type[ShapesPipelineBase], scheduler: SchedulerMixin, cfg: ShapesModelConfig | None
+) -> ShapesPipelineBase:
     cfg = cfg or ShapesModelConfig()
     tokenizer = build_tokenizer()
-    return ShapesPipeline(
+    return pipeline(
         unet=build_unet(cfg),
-        scheduler=DDIMScheduler(**NOISE_SCHEDULE, timestep_spacing="trailing"),
+        scheduler=scheduler,
         text_encoder=build_text_encoder(cfg, len(tokenizer)),
         tokenizer=tokenizer,
     )
+
+
+def build_pipeline(cfg: ShapesModelConfig | None = None) -> ShapesPipeline:
+    scheduler = DDIMScheduler(**NOISE_SCHEDULE, timestep_spacing="trailing")
+    return _assemble(ShapesPipeline, scheduler, cfg)  # type: ignore[return-value]
+
+
+def build_flow_pipeline(cfg: ShapesModelConfig | None = None) -> ShapesFlowPipeline:
+    """The same unet, text encoder and tokenizer as `build_pipeline`, with the flow-matching
+    Euler scheduler: the unet is to predict the velocity (rectified flow)."""
+    scheduler = FlowMatchEulerDiscreteScheduler(**FLOW_SCHEDULE)
+    return _assemble(ShapesFlowPipeline, scheduler, cfg)  # type: ignore[return-value]

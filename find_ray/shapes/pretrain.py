@@ -1,7 +1,9 @@
-"""`find-ray pretrain-shapes`: trains the tiny text-to-image model of the shapes world.
+"""`find-ray pretrain-shapes [--flow]`: trains the tiny text-to-image models of the shapes world.
 
-Seeded and resumable: the EMA pipeline is saved (diffusers format) every `save_every` steps and
-the full training state beside it, so a killed run continues where it stopped.
+One loop trains either model; `pretrain.objective` picks the pipeline and its loss: the DDIM
+model's v-prediction or the flow model's rectified-flow velocity. Seeded and resumable: the EMA
+pipeline is saved (diffusers format) every `save_every` steps and the full training state
+beside it, so a killed run continues where it stopped.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -21,9 +24,10 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
+from find_ray.errors import ConfigError
 from find_ray.shapes.captions import caption_for
-from find_ray.shapes.components import build_pipeline, training_scheduler
-from find_ray.shapes.pipeline import ShapesPipeline
+from find_ray.shapes.components import build_flow_pipeline, build_pipeline, training_scheduler
+from find_ray.shapes.pipeline import ShapesPipeline, ShapesPipelineBase
 from find_ray.shapes.settings import PretrainConfig
 from find_ray.shapes.world import render, sample_scene
 
@@ -55,26 +59,54 @@ def diffusion_loss(
     return F.mse_loss(pred.float(), target)
 
 
+def flow_loss(pipe: ShapesPipelineBase, x0: torch.Tensor, captions: list[str]) -> torch.Tensor:
+    """Rectified-flow MSE: at x_t = (1 - t) x_0 + t eps, t ~ U(0, 1), the unet (fed the
+    sampler's timestep for t, num_train_timesteps * t) predicts the velocity eps - x_0."""
+    noise = torch.randn_like(x0)
+    t = torch.rand(x0.shape[0])
+    sigma = t.view(-1, *[1] * (x0.dim() - 1))
+    noisy = (1 - sigma) * x0 + sigma * noise
+    timestep = t * pipe.scheduler.config.num_train_timesteps
+    pred = pipe.unet(noisy, timestep, encoder_hidden_states=pipe.encode_prompt(captions)).sample
+    return F.mse_loss(pred.float(), noise - x0)
+
+
+Loss = Callable[[ShapesPipelineBase, torch.Tensor, list[str]], torch.Tensor]
+
+
+def model_and_loss(cfg: PretrainConfig) -> tuple[ShapesPipelineBase, Loss]:
+    """The untrained pipeline `pretrain.objective` names and its training loss."""
+    if cfg.objective == "flow":
+        return build_flow_pipeline(cfg.model), flow_loss
+    if cfg.objective != "v_prediction":
+        raise ConfigError(
+            f"config key 'pretrain.objective': {cfg.objective!r}; use v_prediction or flow"
+        )
+    pipe = build_pipeline(cfg.model)
+    schedule = training_scheduler()  # built once: the hot loop only indexes it
+    return pipe, lambda p, x0, captions: diffusion_loss(p, schedule, x0, captions)
+
+
 def pretrain(cfg: PretrainConfig, max_minutes: float | None = None) -> Path:
     """Trains (or resumes) and returns the folder of the saved EMA pipeline."""
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    pipe = build_pipeline(cfg.model)
+    pipe, loss_of = model_and_loss(cfg)
     params = [*pipe.unet.parameters(), *pipe.text_encoder.parameters()]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
     ema = EMAModel(params, decay=cfg.ema_decay)
-    schedule = training_scheduler()  # built once: the hot loop only indexes it
     state_dir, out_dir = Path(cfg.state_dir), Path(cfg.out_dir)
-    start, wall_before = _resume(state_dir, pipe, optimizer, lr_schedule, ema, rng)
+    start, wall_before = _resume(cfg, pipe, optimizer, lr_schedule, ema, rng)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
     began = time.monotonic()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="pretrain-shapes")
+    desc = "pretrain-shapes" + (" --flow" if cfg.objective == "flow" else "")
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=desc)
     for step in bar:
         x0, captions = make_batch(rng, cfg.batch_size, cfg.caption_dropout)
         with autocast:
-            loss = diffusion_loss(pipe, schedule, x0, captions)
+            loss = loss_of(pipe, x0, captions)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -97,6 +129,7 @@ def _save(cfg, pipe, optimizer, lr_schedule, ema, rng, step, wall, state_dir, ou
     torch.save(
         {
             "step": step,
+            "objective": cfg.objective,
             "wall_seconds": wall,
             "unet": pipe.unet.state_dict(),
             "text_encoder": pipe.text_encoder.state_dict(),
@@ -117,12 +150,18 @@ def _save(cfg, pipe, optimizer, lr_schedule, ema, rng, step, wall, state_dir, ou
     (out_dir / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def _resume(state_dir, pipe, optimizer, lr_schedule, ema, rng) -> tuple[int, float]:
+def _resume(cfg, pipe, optimizer, lr_schedule, ema, rng) -> tuple[int, float]:
     """Restores the training state if there is one; returns (step, wall seconds so far)."""
-    path = state_dir / STATE_FILE
+    path = Path(cfg.state_dir) / STATE_FILE
     if not path.exists():
         return 0, 0.0
     state = torch.load(path, weights_only=False)
+    saved = state.get("objective", "v_prediction")  # states saved before the flow model
+    if saved != cfg.objective:
+        raise ConfigError(
+            f"config key 'pretrain.objective' is {cfg.objective!r} but {path} holds a "
+            f"{saved!r} training state; set pretrain.state_dir to another folder"
+        )
     pipe.unet.load_state_dict(state["unet"])
     pipe.text_encoder.load_state_dict(state["text_encoder"])
     optimizer.load_state_dict(state["optimizer"])

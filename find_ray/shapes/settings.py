@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+# `find-ray pretrain-shapes --flow`: the flow-matching model's objective and folders (the
+# command line's own overrides come after these, so they still win)
+FLOW_OVERRIDES = [
+    "pretrain.objective=flow",
+    "pretrain.out_dir=find_ray/shapes/model_flow",
+    "pretrain.state_dir=runs/pretrain-shapes-flow",
+]
 
 
 @dataclass
@@ -19,6 +28,9 @@ class ShapesModelConfig:
 class PretrainConfig:
     out_dir: str = "find_ray/shapes/model"  # the shipped pipeline folder
     state_dir: str = "runs/pretrain-shapes"  # resumable training state (not shipped)
+    # v_prediction: DDIM model (ShapesPipeline); flow: rectified flow, the unet predicts
+    # eps - x_0 at x_t = (1 - t) x_0 + t eps, t ~ U(0, 1) (ShapesFlowPipeline)
+    objective: Literal["v_prediction", "flow"] = "v_prediction"
     seed: int = 0
     steps: int = 4500
     batch_size: int = 64
