@@ -231,3 +231,19 @@ def test_a_flow_pipeline_joins_by_registration(tiny, tmp_path, monkeypatch):
     torch.testing.assert_close(backend.encode_prompts(PROMPTS), pooled)
     with pytest.raises(ConfigError, match="'model.eta'"):
         check_model(ModelConfig(path=cfg.path, eta=1.0))
+
+
+@pytest.mark.parametrize(("key", "passes_per_step"), [("sd3", 2), ("flux", 1), ("flux-schnell", 1)])
+def test_the_denoiser_calls_counted_are_the_calls_made(tiny, key, passes_per_step):
+    """Guidance 3 doubles SD3's passes (CFG); FLUX.1 dev takes it as an embedding (one pass)."""
+    from find_ray.backends import model_denoiser_calls
+
+    backend = flow_backend(tiny, key)
+    calls: list[int] = []
+    hook = backend.pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append(kwargs["hidden_states"].shape[0]),
+        with_kwargs=True,
+    )
+    backend.generate(torch.randn((1, *backend.latent_shape), generator=seeded(0)), PROMPTS[:1])
+    hook.remove()
+    assert sum(calls) == model_denoiser_calls(flow_config(tiny, key)) == 2 * passes_per_step

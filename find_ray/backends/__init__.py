@@ -47,9 +47,23 @@ class Backend(Protocol):
     ) -> torch.Tensor: ...
 
 
-def denoiser_calls(steps: int, guidance: float) -> int:
-    """Denoiser (UNet) passes to sample one image: classifier-free guidance doubles each step."""
+GUIDANCE_DISTILLED = ("flux",)  # guidance is an input of the denoiser: one pass a step
+
+
+def denoiser_calls(steps: int, guidance: float, family: str = "") -> int:
+    """Denoiser passes to sample one image: classifier-free guidance doubles each step, except
+    for a guidance-distilled family (FLUX.1 dev takes its guidance as an embedding)."""
+    if family in GUIDANCE_DISTILLED:
+        return steps
     return steps * (2 if guidance > 1.0 else 1)
+
+
+def model_denoiser_calls(cfg: ModelConfig) -> int:
+    """`denoiser_calls` of the model `cfg` names at its steps and guidance (its family read
+    from model_index.json alone)."""
+    from find_ray.backends.loading import check_model
+
+    return denoiser_calls(cfg.steps, cfg.guidance, check_model(cfg))
 
 
 def model_devices(cfg: ModelConfig) -> dict[str, str]:
@@ -87,6 +101,7 @@ __all__ = [
     "WanBackend",
     "check_model",
     "denoiser_calls",
+    "model_denoiser_calls",
     "load_pipeline",
     "make_backend",
     "model_devices",

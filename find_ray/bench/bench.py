@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from find_ray.algo.noise import seeded_normal
-from find_ray.backends import denoiser_calls, make_backend
+from find_ray.backends import make_backend, model_denoiser_calls
 from find_ray.bench.config import BenchConfig
 from find_ray.eval.evaluate import PromptResult, evaluate, score_plan
 from find_ray.prompts import load_suite
@@ -63,7 +63,7 @@ class Bench:
         if quality is not None:
             self.eval_reward = with_quality(self.reward, make_scorer(quality))
         self.out = Path(self.settings.out_dir)
-        self.calls = denoiser_calls(cfg.model.steps, cfg.model.guidance)
+        self.calls = model_denoiser_calls(cfg.model)
         self._base: list[PromptResult] | None = None
         self._surrogate: Callable | None = None
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from find_ray.algo.noise import candidate_seeds, normals_by_index
-from find_ray.backends import denoiser_calls, make_backend
+from find_ray.backends import make_backend, model_denoiser_calls
 from find_ray.config import FindRayConfig
 from find_ray.eval.evaluate import best_of_picks
 from find_ray.eval.shell import shell_radius
@@ -48,7 +48,7 @@ def sample(
     scores, info = reward(images, [prompt] * len(seeds))
     info = {**info, "shell": torch.from_numpy(shell_radius(z))}
     picks = torch.from_numpy(best_of_picks(scores.numpy(), best_of))
-    calls = best_of * denoiser_calls(cfg.model.steps, cfg.model.guidance)
+    calls = best_of * model_denoiser_calls(cfg.model)
     return Sample(
         images[picks],
         scores[picks],
