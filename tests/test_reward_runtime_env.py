@@ -223,6 +223,13 @@ def registry_answers() -> bool:
     return reachable(os.environ.get("PIP_INDEX_URL") or index or "https://pypi.org/simple")
 
 
+def pip_env_folder(python: str) -> Path | None:
+    """The folder of the pip environment Ray made, from its interpreter's path
+    (.../runtime_resources/pip/<hash>/virtualenv/bin/python)."""
+    path = Path(python)
+    return next((p for p in path.parents if p.parent.name == "pip"), None)
+
+
 @pytest.mark.ray
 def test_a_reward_from_a_package_only_its_actors_have(ray_local, tmp_path, monkeypatch):
     """`roman` (pure Python, 6 kB on PyPI) is not in this venv: Ray installs it into the reward
@@ -271,12 +278,10 @@ def test_a_reward_from_a_package_only_its_actors_have(ray_local, tmp_path, monke
             )
 
     trainer.after_update = look_at_the_actors
-    envs = Path(ray._private.worker._global_node.get_session_dir_path(), "runtime_resources/pip")
-    before = set(envs.glob("*"))
     try:
         result = trainer.run()
     finally:  # the copy of this venv (~6 GB) Ray made for the reward actors, now unused
-        for folder in set(envs.glob("*")) - before:
+        if "reward" in seen and (folder := pip_env_folder(seen["reward"][1])):
             shutil.rmtree(folder, ignore_errors=True)
     means = [h["reward_mean"] for h in result.history if "reward_mean" in h]
     assert means and all(3 < m < 7 for m in means), means  # 10 x brightness of sigmoid(z)

@@ -14,6 +14,8 @@ from find_ray.config import ModelConfig, QualityConfig, RewardConfig, load_struc
 from find_ray.errors import ConfigError
 
 METHODS = ("base", "best_of_n", "find", "ddpo", "drtune", "dno", "flow_grpo", "reno")
+# what runs unless bench.methods says: Flow-GRPO trains a flow-matching model's SDE only
+DEFAULT_METHODS = ("base", "best_of_n", "find", "ddpo", "drtune", "dno")
 TUNABLE = ("find", "ddpo", "drtune", "dno", "flow_grpo", "reno")  # base, best-of-N: no knobs
 LINES = (*METHODS, "find_best_of_n")  # what the plot draws (FIND's points give the last)
 
@@ -67,7 +69,7 @@ class BenchSettings:
     prompts: list[str] = field(default_factory=list)  # explicit prompts (else the suite's)
     suite: str = "train"
     max_prompts: int = 4
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     budgets: list[int] = field(default_factory=lambda: [4000, 16000])  # training NFE
     eval_samples: int = 16  # k images per prompt, the same eval noise for every method
     eval_seed: int = 1234
