@@ -10,6 +10,7 @@ import pytest
 from find_ray.bench import config as bench_config
 from find_ray.bench import load_bench_config, run_bench
 from find_ray.bench import methods as bench_methods
+from find_ray.bench.bench import eval_prompts
 from find_ray.cli import main
 from find_ray.errors import ConfigError
 
@@ -177,6 +178,10 @@ def test_bench_config_errors_name_the_key(tiny_shapes_dir, tmp_path, capsys):
         load_bench_config(None, [], preset="slow")
     quick = load_bench_config("configs/bench-shapes.yaml", [], preset="quick")
     assert quick.bench.seeds == [0] and not quick.bench.tuning.enabled
+    assert len(eval_prompts(quick.bench)) == 4  # the quick look: the first 4 prompts
+    for config in ("configs/bench-shapes.yaml", "configs/bench-shapes-flow.yaml"):
+        full = load_bench_config(config, [])
+        assert eval_prompts(full.bench) == full.bench.prompts and len(full.bench.prompts) == 8
     assert main(["bench", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
 

@@ -14,7 +14,7 @@ import torch
 
 from find_ray.algo.noise import seeded_normal
 from find_ray.backends import make_backend, model_denoiser_calls
-from find_ray.bench.config import BenchConfig
+from find_ray.bench.config import BenchConfig, BenchSettings
 from find_ray.eval.evaluate import PromptResult, evaluate, score_plan
 from find_ray.prompts import load_suite
 from find_ray.rewards import (
@@ -48,15 +48,19 @@ class Point:
     exact_gain_sd: float = math.nan  # spread (sd) of the exact gain across those seeds
 
 
+def eval_prompts(settings: BenchSettings) -> list[str]:
+    """The prompts a bench evaluates: its explicit ones, else its suite's; the first
+    `max_prompts` of them (0: all)."""
+    prompts = list(settings.prompts) or load_suite(settings.suite)
+    return prompts[: settings.max_prompts or None]
+
+
 class Bench:
     """What every method shares: config, prompts, the exact reward, the base's eval."""
 
     def __init__(self, cfg: BenchConfig, progress: bool = True):
         self.cfg, self.settings, self.progress = cfg, cfg.bench, progress
-        prompts = list(self.settings.prompts) or load_suite(self.settings.suite)
-        self.prompts = (
-            prompts[: self.settings.max_prompts] if self.settings.max_prompts else prompts
-        )
+        self.prompts = eval_prompts(self.settings)
         self.reward = make_reward(cfg.reward)  # what the training methods follow
         self.eval_reward = self.reward  # what evaluates: with the quality figures beside it
         quality = quality_config(cfg.quality, cfg.reward)

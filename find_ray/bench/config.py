@@ -68,7 +68,7 @@ class TuningSettings:
 class BenchSettings:
     prompts: list[str] = field(default_factory=list)  # explicit prompts (else the suite's)
     suite: str = "train"
-    max_prompts: int = 4
+    max_prompts: int = 4  # the first this many of them (0: all)
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     budgets: list[int] = field(default_factory=lambda: [4000, 16000])  # training NFE
     eval_samples: int = 16  # k images per prompt, the same eval noise for every method

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
-from find_ray.bench.bench import Bench
+from find_ray.bench.bench import Bench, eval_prompts
 from find_ray.bench.cells import Cell, CellKey
 from find_ray.bench.config import BenchConfig, TuningSettings
 from find_ray.bench.methods import RUNNERS
@@ -69,8 +69,8 @@ def tuning_config(cfg: BenchConfig) -> BenchConfig:
     """The bench on the tuning prompts: its own eval samples, one seed, one budget, its own
     output folder (and surrogate). The tuning prompts never include an eval prompt."""
     s, t = cfg.bench, cfg.bench.tuning
-    eval_prompts = set(s.prompts or load_suite(s.suite)[: s.max_prompts or None])
-    prompts = [p for p in (t.prompts or load_suite(t.suite)) if p not in eval_prompts]
+    evaluated = set(eval_prompts(s))
+    prompts = [p for p in (t.prompts or load_suite(t.suite)) if p not in evaluated]
     if not prompts:
         raise ConfigError("config key 'bench.tuning.suite': no prompts apart from the eval's")
     settings = replace(
