@@ -20,7 +20,9 @@ from find_ray import cli
 from find_ray.algo.amortized import AmortizedNoisePolicy
 from find_ray.backends import make_backend
 from find_ray.config import load_config
+from find_ray.images import to_uint8
 from find_ray.runs.folder import load_run_policy
+from find_ray.serve.app import png_bytes
 from find_ray.serve.generator import AlignedGenerator
 from tests.tiny_pipelines import SHIPPED, pack, tiny_folders, tiny_run_argv
 
@@ -99,6 +101,32 @@ def test_a_flux_run_serves_its_noise_through_the_packing(flux_run, tiny):
     assert torch.equal(result.images, expected)
     base = gen.generate([info.job(prompt, 2, 5, policy="base")])[0]
     assert not torch.equal(base.images, result.images)
+
+
+# per config: the denoiser passes a served image costs at 2 steps, and its decoded shape
+SERVED = {
+    "sd35": (4, (3, 16, 16)),  # CFG 4.5 doubles each step
+    "flux-dev": (2, (3, 16, 16)),  # guidance-distilled: one pass a step at guidance 3.5
+    "wan": (4, (5, 3, 32, 32)),  # CFG 5; a video of 5 frames
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", list(SERVED))
+def test_the_generator_serves_a_run_of_each_family(tiny, tmp_path, config):
+    """A run of each shipped flow config is served: trained noise, the denoiser calls its
+    family spends, a video as a film strip of its frames in the response's PNG."""
+    run = train_without_ray(tiny, config, tmp_path)
+    gen = AlignedGenerator(str(run))
+    info = gen.describe()
+    job = info.job(info.prompts[0], 1, 0)
+    calls, shape = SERVED[config]
+    assert job.policy == "trained" and job.calls_per_image == calls
+    (result,) = gen.generate([job])
+    assert tuple(result.images.shape[1:]) == shape and torch.isfinite(result.images).all()
+    png = Image.open(io.BytesIO(png_bytes(to_uint8(result.images)[0])))
+    frames = shape[0] if len(shape) == 4 else 1
+    assert png.size == (shape[-1] * frames, shape[-2])
 
 
 def free_port() -> int:

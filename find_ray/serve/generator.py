@@ -21,6 +21,7 @@ import torch
 
 from find_ray.algo.noise import candidate_seeds, normals_by_index
 from find_ray.backends import Backend, denoiser_calls, make_backend
+from find_ray.backends.loading import check_model
 from find_ray.config import RewardConfig
 from find_ray.errors import FindRayError
 from find_ray.eval.evaluate import best_of_picks
@@ -72,6 +73,7 @@ class RunInfo:
     version: int
     amortized: bool = False  # the policy generates for any prompt
     scored: bool = False  # images are scored by the run's reward (needed for best_of)
+    family: str = ""  # the pipeline's family ("" simulated): how many denoiser calls a step is
 
     @property
     def policies(self) -> list[str]:
@@ -106,7 +108,7 @@ class RunInfo:
             why = "field 'best_of': needs the run's reward at serve time (find-ray serve --score)"
             raise RequestError(422, why, "best_of")
         kind = "trained" if trained and policy != "base" else "base"
-        calls = best_of * denoiser_calls(steps, guidance)
+        calls = best_of * denoiser_calls(steps, guidance, self.family)
         return Job(prompt, n, seed, steps, guidance, kind, calls, best_of)
 
 
@@ -253,4 +255,5 @@ class AlignedGenerator:
             run.version,
             run.amortized,
             self.reward is not None,
+            check_model(model),
         )
