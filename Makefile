@@ -58,7 +58,7 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/sampling.py
-	$(PY) benchmarks/scale.py
+	$(PY) benchmarks/scale.py --iterations 15 --repeats 1
 
 pretrain: setup
 	$(BIN)/find-ray pretrain-shapes

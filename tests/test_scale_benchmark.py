@@ -10,14 +10,23 @@ from find_ray.experiments import scale
 @pytest.mark.ray
 def test_scale_benchmark_writes_table_and_plot(ray_local, tmp_path):
     scale.main(
-        ["--actors", "1", "2", "--latency", "0.1", "--iterations", "5", "--out", str(tmp_path)]
+        ["--actors", "1", "2", "--latency", "0.1", "--iterations", "6", "--repeats", "2"]
+        + ["--out", str(tmp_path)]
     )
     data = json.loads((tmp_path / "scale.json").read_text())
-    rows, settings = data["rows"], data["settings"]
-    assert [r["actors"] for r in rows] == [1, 2]
-    for row in rows:  # no actor finishes more than one call per simulated latency
-        cap = row["actors"] * settings["per_task"] / settings["latency_s"]
-        assert 0 < row["rollouts_per_s"] <= 1.05 * cap
+    rows, runs, settings = data["rows"], data["runs"], data["settings"]
+    assert [r["actors"] for r in rows] == [1, 2] and len(runs) == 4
+    assert [(r["repeat"], r["actors"]) for r in runs] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    for run in runs:  # no actor finishes more than one call per simulated latency
+        cap = run["actors"] * settings["per_task"] / settings["latency_s"]
+        assert 0 < run["rollouts_per_s"] <= 1.05 * cap
+        assert run["cpu_cores"]["rollout"] > 0 and run["cpu_cores"]["driver"] > 0
+        assert 0 < run["learner_cpu_share"] <= run["learner_busy_share"] + 0.01 < 1.01
+    for row in rows:  # the table's figure is the median of the runs, each against its repeat
+        assert len(row["efficiency_runs"]) == 2
+        low, high = sorted(row["efficiency_runs"])
+        assert low - 0.05 <= 100 * row["efficiency"] <= high + 0.05
+    assert rows[0]["efficiency"] == 1.0
     assert rows[1]["rollouts_per_s"] > rows[0]["rollouts_per_s"]  # two actors do more work
     # mu + log_sigma (4 prompts, fp32) + the sigma_range (2 x fp32) and shell_mode (int64) buffers
     assert rows[0]["weights_bytes"] == 2 * 4 * 3 * 8 * 8 * 4 + 2 * 4 + 8

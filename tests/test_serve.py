@@ -307,9 +307,14 @@ def test_200_malformed_requests_get_4xx_and_the_replica_lives(served):
 
 @pytest.mark.ray
 def test_a_reload_mid_stream_changes_the_version_and_loses_no_request(served, run_dir):
-    from find_ray.serve.launch import follow
+    """--follow's redeploy is a lightweight update: the same replica loads the new policy."""
+    from ray import serve
+
+    from find_ray.serve.launch import APP_NAME, follow
 
     client, args = served
+    replica = serve.get_deployment_handle("Generator", APP_NAME)
+    before = replica.actor_id.remote().result()
     seen: list[tuple[int, int]] = []  # (status, policy version)
     stop = threading.Event()
 
@@ -343,6 +348,7 @@ def test_a_reload_mid_stream_changes_the_version_and_loses_no_request(served, ru
     versions = [v for _, v in seen]
     assert versions[0] == 10 and versions[-1] == 11
     assert versions == sorted(versions)  # once a replica serves 11, it never goes back
+    assert replica.actor_id.remote().result() == before  # reconfigured in place, not replaced
 
 
 # -- Serve config files --------------------------------------------------------------------------

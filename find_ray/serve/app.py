@@ -1,7 +1,7 @@
 """The Ray Serve application: a FastAPI ingress in front of a batching generator deployment.
 
-    client --HTTP--> Ingress (validation, PNG encoding) --handle--> Generator (@serve.batch:
-    one pipeline call per batch of requests with equal sampler settings)
+    client --HTTP--> Ingress (validation, PNG encoding) --handle--> Generator (batcher.Batcher:
+    one pipeline call per batch of the requests waiting, grouped by sampler settings)
 
 The Generator takes the run folder through `user_config`; `reconfigure` builds the backend
 the first time and afterwards only loads a newer policy, so a redeploy with a bumped
@@ -21,6 +21,7 @@ import time
 from importlib import resources
 
 import numpy as np
+import ray
 import torch
 from fastapi import FastAPI, Request, Security
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -31,6 +32,7 @@ from ray.serve.handle import DeploymentHandle
 
 from find_ray.errors import FindRayError, ModelPathError
 from find_ray.images import image_grid, to_uint8
+from find_ray.serve.batcher import Batcher
 from find_ray.serve.generator import AlignedGenerator, BatchClock, Job, JobResult, RunInfo
 from find_ray.serve.guard import (
     GeneratorCaller,
@@ -89,19 +91,20 @@ def image_labels(job: Job, result: JobResult) -> list[str]:
 
 @serve.deployment(name="Generator", max_ongoing_requests=256)
 class GeneratorDeployment:
-    """Holds one AlignedGenerator; batches requests into pipeline calls."""
+    """Holds one AlignedGenerator; batches requests into pipeline calls (`batcher.Batcher`)."""
 
     def __init__(self) -> None:
         self.core: AlignedGenerator | None = None
         self.config: dict = {}
         self.clock = BatchClock()
+        self.batcher: Batcher[Job, JobResult] = Batcher(self._run_batch, 8)
 
     def reconfigure(self, config: dict) -> None:
         self.clock.wedged_after_s = float(config.get("wedged_after_s", 300.0))
         if config.get("torch_threads"):
             torch.set_num_threads(int(config["torch_threads"]))
-        self.generate.set_max_batch_size(int(config["max_batch_size"]))
-        self.generate.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
+        self.batcher.max_batch_size = int(config["max_batch_size"])
+        self.batcher.wait_s = float(config["batch_wait_timeout_s"])
         source = (config["run_dir"], config.get("score"))
         if self.core is None or source != (self.config["run_dir"], self.config.get("score")):
             self.core = AlignedGenerator(*source)
@@ -116,16 +119,34 @@ class GeneratorDeployment:
         """The ingress's liveness probe; the replica's process id (the fault tests kill it)."""
         return os.getpid()
 
+    def actor_id(self) -> str:
+        """The replica's Ray actor id: the same after a lightweight update, new after a restart."""
+        return ray.get_runtime_context().get_actor_id()
+
     def check_health(self) -> None:
         """Called by Serve every `health_check_period_s`; raising makes Serve replace us."""
         if self.core is None:
             raise RuntimeError("generator not configured")
         self.clock.check()
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def generate(self, jobs: list[Job]) -> list[JobResult]:
-        # In a thread, so the replica keeps queueing the next batch while this one denoises
-        # (and answers check_health: a batch that never returns is seen by the clock).
+    async def generate(self, job: Job) -> JobResult:
+        return await self.batcher.submit(job)
+
+    def batch_sizes(self) -> dict[int, int]:
+        """How many batches of each size this replica has run (the load benchmark reads it)."""
+        return dict(self.batcher.sizes)
+
+    async def direct_s(self, job: Job) -> float:
+        """Seconds of one pipeline call for `job` made here without HTTP, the ingress or the
+        batcher: the load benchmark's direct call, in the same process as the served ones."""
+        began = time.perf_counter()
+        with self.clock.batch():
+            await asyncio.to_thread(self.core.generate, [job])
+        return time.perf_counter() - began
+
+    async def _run_batch(self, jobs: list[Job]) -> list[JobResult]:
+        # In a thread, so the replica keeps taking requests while this batch denoises (and
+        # answers check_health: a batch that never returns is seen by the clock).
         with self.clock.batch():
             return await asyncio.to_thread(self.core.generate, jobs)
 
@@ -309,18 +330,26 @@ def user_config(args: ServeArgs) -> dict:
     return {key: getattr(args, key) for key in keys}
 
 
-def build_app(args: ServeArgs) -> Application:
-    """The Serve application for a run folder, checked before anything is deployed."""
+def build_app(args: ServeArgs, code_version: str | None = None) -> Application:
+    """The Serve application for a run folder, checked before anything is deployed.
+
+    `code_version` pins the deployments' code version: deployed again with the same one, a
+    change of `user_config` alone is a lightweight update (`reconfigure` on the live replicas).
+    None lets Serve draw a new one, and every replica is replaced.
+    """
     key = key_digest(args.api_key_env)  # read where the app is built; only its hash travels
     check_run_folder(args.run_dir)
+    # `version` is an internal option of Deployment.options since Serve made versions its own
+    pinned = {} if code_version is None else {"version": code_version, "_internal": True}
     generator = GeneratorDeployment.options(
         num_replicas=args.num_replicas,
         ray_actor_options={"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
         user_config=user_config(args),
         health_check_period_s=args.health_check_period_s,
+        **pinned,
     ).bind()
     ingress = {key: getattr(args, key) for key in ("request_timeout_s", "retry_after_s", "probe_s")}
-    return Ingress.options(user_config=ingress).bind(generator, key)
+    return Ingress.options(user_config=ingress, **pinned).bind(generator, key)
 
 
 def app(args: dict) -> Application:

@@ -1,13 +1,15 @@
 """`find-ray serve RUN_DIR`: start the application on a Ray cluster and keep it up.
 
 With `--follow` the command polls the run folder and, when training has written a newer policy,
-redeploys with a bumped `policy_version` in the user_config: the replicas' `reconfigure` loads
-it in place (a lightweight update, no restart, no request dropped).
+redeploys with a bumped `policy_version` in the user_config under the same code version
+(`CODE_VERSION`): Serve then calls the live replicas' `reconfigure`, which loads the policy in
+place (a lightweight update: same replicas, no restart, no request dropped).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import time
 
 from ray import serve
@@ -19,6 +21,9 @@ from find_ray.serve.guard import check_bind
 from find_ray.serve.schema import ServeArgs
 
 APP_NAME = "find-ray"
+# One code version per serving process: its redeploys (--follow) are lightweight updates, and a
+# new `find-ray serve` (which may run changed code) replaces every replica.
+CODE_VERSION = secrets.token_hex(8)
 # Serve's controller kills an HTTP proxy that is not ready within 3 checks of 5 s; on a busy
 # 2-core machine starting it takes longer. Applies to a Ray this process starts.
 PATIENT_SERVE_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60"}
@@ -44,7 +49,7 @@ def deploy(
     """
     check_bind(host, bool(args.api_key_env), insecure)
     args = args.model_copy(update={"policy_version": newest_policy_version(args.run_dir)})
-    app = build_app(args)  # checks the run folder before touching Ray
+    app = build_app(args, CODE_VERSION)  # checks the run folder before touching Ray
     patient_serve_env()
     from find_ray.system.driver import connect
 
@@ -63,7 +68,7 @@ def follow(args: ServeArgs, poll_s: float, until: float = float("inf")) -> Serve
         newest = newest_policy_version(args.run_dir)
         if newest > served:
             args = args.model_copy(update={"policy_version": newest})
-            serve.run(build_app(args), name=APP_NAME, route_prefix="/")
+            serve.run(build_app(args, CODE_VERSION), name=APP_NAME, route_prefix="/")
             print(f"serving policy version {newest}", flush=True)
             served = newest
     return args

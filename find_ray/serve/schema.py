@@ -80,8 +80,10 @@ class ServeArgs(BaseModel):
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
     torch_threads: int = Field(0, ge=0, description="intra-op threads per replica (0: Ray's)")
-    max_batch_size: int = Field(8, ge=1, description="requests per pipeline call")
-    batch_wait_timeout_s: float = Field(0.02, ge=0)
+    max_batch_size: int = Field(8, ge=1, description="requests per pipeline call, at most")
+    batch_wait_timeout_s: float = Field(
+        0.0, ge=0, description="an idle replica waits this long for a batch to fill"
+    )
     score: bool | None = Field(None, description="score images with the run's reward (auto)")
     policy_version: int = Field(-1, description="bumped to make replicas reload the policy")
     request_timeout_s: float = Field(120.0, gt=0, description="a longer request gets 504")

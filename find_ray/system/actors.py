@@ -47,9 +47,25 @@ from find_ray.system.actor_start import (
 log = logging.getLogger(__name__)
 STARTUP_TIMEOUT_S = 600.0
 
-# Weights travel as (version, [ObjectRef]): the list keeps Ray from resolving the ref, so an
-# actor fetches the weights only when the version is new to it (one ray.put per version).
-WeightsRef = list[ray.ObjectRef]
+# Weights: one object per published version, a return value of the learner's call (so the
+# driver owns it and it outlives a lost learner), as numpy arrays (Ray reads them ~10x faster
+# than pickled tensors). A rollout call takes it as a top-level argument: Ray inlines a small one
+# (< 100 KB) into the call, or hands a large one over through the node's object store before the
+# call runs, so no call waits on a fetch from the learner; an actor rebuilds its policy only when
+# the version is new to it.
+Weights = dict[str, np.ndarray]
+
+
+def wire_weights(weights: dict[str, Tensor]) -> Weights:
+    """A policy's state dict in its wire form (`policy_weights` reverses it)."""
+    return {name: tensor.numpy() for name, tensor in weights.items()}
+
+
+def policy_weights(weights: Weights) -> dict[str, Tensor]:
+    """The state dict back from its wire form (a copy: received arrays are read-only)."""
+    return {name: torch.tensor(array) for name, array in weights.items()}
+
+
 GRID_IMAGES = 8  # images in a TensorBoard rollout thumbnail
 
 
@@ -83,11 +99,11 @@ class RolloutActor(StartChecked):
         return self.backend.latent_shape, self.backend.encode_prompts(self.prompts)
 
     def rollout(
-        self, prompt_ids: list[int], rollout_ids: list[int], version: int, weights: WeightsRef
+        self, prompt_ids: list[int], rollout_ids: list[int], version: int, weights: Weights
     ) -> tuple[int, PackedRollouts, np.ndarray]:
         """(version used, unscored rollouts, images as numpy); the driver reads the version."""
         if version != self.worker.version:
-            self.worker.set_weights(ray.get(weights[0]), version)
+            self.worker.set_weights(policy_weights(weights), version)
         rollouts, images = self.worker.rollout(prompt_ids, rollout_ids)
         return (
             self.worker.version,
@@ -163,7 +179,7 @@ class RewardActor(StartChecked):
 
 
 class LearnerActor(StartChecked):
-    """The Learner (store, DRCM, policies); publishes weights with one ray.put per version."""
+    """The Learner (store, DRCM, policies); returns each published version's weights once."""
 
     @keeps_start_error
     def __init__(
@@ -179,29 +195,34 @@ class LearnerActor(StartChecked):
         torch.set_num_threads(torch_threads)
         self.learner = Learner(cfg, latent_shape, prompts, embeddings, seed, policy)
         self.busy_s = 0.0  # time spent in add/update: learner utilisation = busy / wall
+        self.cpu_s = 0.0  # CPU time of this thread in add/update (busy_s counts waits for a core)
 
     def add(self, *batches: PackedRollouts) -> dict[str, Any]:
         """Stores batches of rollouts (refs resolved by Ray); returns the stale ids and the
         policy lag of each rollout."""
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.thread_time()
         rollouts = [r for batch in batches for r in unpack_rollouts(batch)]
         version = self.learner.version
         stale = self.learner.add(rollouts)
         self.busy_s += time.perf_counter() - began
+        self.cpu_s += time.thread_time() - cpu
         return {"stale": stale, "lags": [version - r.policy_version for r in rollouts]}
 
-    def update(self, publish: bool) -> tuple[dict[str, float], int, WeightsRef | None]:
-        """One new version; with `publish`, its weights go to the object store (once)."""
-        began = time.perf_counter()
+    def update(self, publish: bool) -> tuple[tuple[dict[str, float], int], Weights | None]:
+        """One new version: ((metrics, version), its weights if `publish`). Called with two
+        returns, so the weights are an object of their own that the driver passes on."""
+        began, cpu = time.perf_counter(), time.thread_time()
         metrics = self.learner.update()
-        weights_ref = self.publish()[1] if publish else None
+        weights = wire_weights(self.learner.weights()[0]) if publish else None
         self.busy_s += time.perf_counter() - began
-        metrics["learner_busy_s"] = self.busy_s
-        return metrics, self.learner.version, weights_ref
+        self.cpu_s += time.thread_time() - cpu
+        metrics["learner_busy_s"], metrics["learner_cpu_s"] = self.busy_s, self.cpu_s
+        return (metrics, self.learner.version), weights
 
-    def publish(self) -> tuple[int, WeightsRef]:
+    def publish(self) -> tuple[int, Weights]:
+        """(version, weights); called with two returns, as `update`."""
         weights, version = self.learner.weights()
-        return version, [ray.put(weights)]
+        return version, wire_weights(weights)
 
     def weights(self) -> tuple[dict[str, Tensor], int]:
         return self.learner.weights()
@@ -211,11 +232,12 @@ class LearnerActor(StartChecked):
         return sum(t.numel() * t.element_size() for t in self.learner.policy.state_dict().values())
 
     def state_dict(self) -> dict[str, Any]:
-        return {**self.learner.state_dict(), "busy_s": self.busy_s}
+        return {**self.learner.state_dict(), "busy_s": self.busy_s, "cpu_s": self.cpu_s}
 
     def load_state_dict(self, state: dict[str, Any]) -> int:
         self.learner.load_state_dict(state)
         self.busy_s = float(state.get("busy_s", 0.0))
+        self.cpu_s = float(state.get("cpu_s", 0.0))
         return self.learner.version
 
 

@@ -54,7 +54,9 @@ class AddFlight:
 
 @dataclass
 class UpdateFlight:
-    pass
+    """A learner update; `weights` is the ref of its published weights (None: not published)."""
+
+    weights: ObjectRef | None = None
 
 
 @dataclass

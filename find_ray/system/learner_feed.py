@@ -78,7 +78,13 @@ class LearnerFeed:
         self.updates += 1
         last = self.updates == self.iterations
         publish = self.updates % self.broadcast_interval == 0 or last
-        self.pending[self.learner.update.remote(publish)] = UpdateFlight()
+        info, weights = self.learner.update.options(num_returns=2).remote(publish)
+        self.pending[info] = UpdateFlight(weights if publish else None)
+
+    def publish(self) -> tuple[int, ray.ObjectRef]:
+        """(version, ref of its weights) of the learner as it stands; the driver owns the ref."""
+        version, weights = self.learner.publish.options(num_returns=2).remote()
+        return self.result(version), weights
 
     def result(self, ref: ray.ObjectRef) -> Any:
         """A learner call's result; a dead learner raises LearnerLost (with how to resume)."""

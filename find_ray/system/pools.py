@@ -47,7 +47,7 @@ LOST = (
     WorkerCrashedError,
 )
 
-Weights = tuple[int, list[ray.ObjectRef]]  # (version, [ref]): see actors.WeightsRef
+Weights = tuple[int, ray.ObjectRef]  # (version, its weights object): see actors.Weights
 
 
 class ActorPools:
