@@ -179,6 +179,9 @@ def test_bench_config_errors_name_the_key(tiny_shapes_dir, tmp_path, capsys):
     quick = load_bench_config("configs/bench-shapes.yaml", [], preset="quick")
     assert quick.bench.seeds == [0] and not quick.bench.tuning.enabled
     assert len(eval_prompts(quick.bench)) == 4  # the quick look: the first 4 prompts
+    assert quick.bench.out_dir == "benchmarks/results/bench-shapes-quick"  # not the full bench's
+    mine = load_bench_config("configs/bench-shapes.yaml", ["bench.out_dir=x"], preset="quick")
+    assert mine.bench.out_dir == "x"
     for config in ("configs/bench-shapes.yaml", "configs/bench-shapes-flow.yaml"):
         full = load_bench_config(config, [])
         assert eval_prompts(full.bench) == full.bench.prompts and len(full.bench.prompts) == 8

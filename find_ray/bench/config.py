@@ -143,4 +143,9 @@ def load_bench_config(
     """The validated bench config from a YAML file, a preset and `key=value` overrides."""
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"--preset {preset!r}: one of {sorted(PRESETS)}")
-    return load_structured(BenchConfig, path, [*PRESETS.get(preset or "", []), *(overrides or [])])
+    overrides = list(overrides or [])
+    cfg = load_structured(BenchConfig, path, [*PRESETS.get(preset or "", []), *overrides])
+    if preset and not any(o.startswith("bench.out_dir=") for o in overrides):
+        # a preset's cells never mix with the full bench's (its folder refuses other settings)
+        cfg.bench.out_dir = f"{cfg.bench.out_dir.rstrip('/')}-{preset}"
+    return cfg
