@@ -12,6 +12,7 @@ from find_ray.bench import load_bench_config, run_bench
 from find_ray.bench import methods as bench_methods
 from find_ray.bench.bench import eval_prompts
 from find_ray.cli import main
+from find_ray.config import load_config
 from find_ray.errors import ConfigError
 
 
@@ -185,6 +186,9 @@ def test_bench_config_errors_name_the_key(tiny_shapes_dir, tmp_path, capsys):
     for config in ("configs/bench-shapes.yaml", "configs/bench-shapes-flow.yaml"):
         full = load_bench_config(config, [])
         assert eval_prompts(full.bench) == full.bench.prompts and len(full.bench.prompts) == 8
+        # untuned (--preset quick), FIND steps with the shipped alpha, not the library default
+        alpha = load_config("configs/find-shapes.yaml").learner.loss.policy_lr
+        assert load_config(None, full.bench.find).learner.loss.policy_lr == alpha
     assert main(["bench", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
 

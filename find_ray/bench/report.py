@@ -8,7 +8,7 @@ from pathlib import Path
 from find_ray.bench.bench import Point
 from find_ray.bench.cells import Cell
 from find_ray.bench.config import LINES
-from find_ray.bench.schedule import Tuning
+from find_ray.bench.schedule import TRAINED, Tuning
 from find_ray.eval.report import ci_cell, fmt, md_table
 
 
@@ -95,7 +95,7 @@ def plot(points: list[Point], path: Path) -> None:
 
     colours = dict(zip(LINES, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     fig, (train_ax, infer_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for method in ("find", "ddpo", "drtune"):
+    for method in TRAINED:
         mine = [p for p in points if p.method == method]
         if mine:
             train_ax.errorbar(
@@ -114,7 +114,7 @@ def plot(points: list[Point], path: Path) -> None:
                 label=method,
                 color=colours[method],
             )
-    for method in ("best_of_n", "find_best_of_n", "dno"):
+    for method in ("best_of_n", "find_best_of_n", "dno", "reno"):
         mine = sorted((p for p in points if p.method == method), key=lambda p: p.inference_nfe)
         if mine:
             infer_ax.plot(
@@ -128,6 +128,9 @@ def plot(points: list[Point], path: Path) -> None:
     label = "eval exact match" if metric == "exact" else "eval reward score"
     for ax in (train_ax, infer_ax):
         _log_nfe_axis(ax, base[0] if base else None, label)
+    budgets = sorted({p.train_nfe for p in points if p.method in TRAINED})
+    if budgets:  # ticks at the budgets: within a decade a log axis would show none
+        train_ax.set_xticks(budgets, [f"{b / 1000:.1f}k" for b in budgets])
     train_ax.set(xlabel="training NFE", title="Training budget")
     infer_ax.set(xlabel="inference NFE per image", title="Inference budget")
     fig.tight_layout()
