@@ -7,7 +7,6 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from find_ray.backends import make_backend
-from find_ray.backends.families import AUTO_FAMILY
 from find_ray.baselines.dno import optimise_noise
 from find_ray.baselines.flow_chain import FlowChain
 from find_ray.config import ModelConfig
@@ -123,10 +122,6 @@ def test_chain_needs_a_flow_model():
         FlowChain(build_pipeline(TINY_SHAPES), steps=3, guidance=1.0, noise_level=0.7)
 
 
-@pytest.mark.skipif(
-    "ShapesFlowPipeline" not in AUTO_FAMILY,
-    reason="ShapesFlowPipeline is not yet a backend family (backends/families.py AUTO_FAMILY)",
-)
 def test_the_flow_backend_drives_the_pipeline_bit_for_bit(flow_dir, flow_pipe):
     """Loaded by model.path through the backend, z_T enters by latents=: the backend's images
     are the plain pipeline's, bit for bit."""
