@@ -157,6 +157,7 @@ class AlignedGenerator:
         self.run_prompts = train_prompts(self.cfg)
         self.run: RunPolicy = load_run_policy(run_dir, self.run_prompts)
         self.backend: Backend = make_backend(self.cfg.model)
+        self.family = check_model(self.cfg.model)  # read once: describe() answers every probe
         if tuple(self.run.policy.shape) != tuple(self.backend.latent_shape):
             raise FindRayError(
                 f"{self.run.path}: policy shape {self.run.policy.shape} does not fit the model's "
@@ -255,5 +256,5 @@ class AlignedGenerator:
             run.version,
             run.amortized,
             self.reward is not None,
-            check_model(model),
+            self.family,
         )
