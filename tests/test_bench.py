@@ -8,9 +8,11 @@ import json
 import pytest
 
 from find_ray.bench import config as bench_config
-from find_ray.bench import load_bench_config, run_bench
+from find_ray.bench import load_bench_config, run_bench, run_main_cells
 from find_ray.bench import methods as bench_methods
 from find_ray.bench.bench import eval_prompts
+from find_ray.bench.cells import Evaluation
+from find_ray.bench.schedule import Allowance, Tuning
 from find_ray.cli import main
 from find_ray.config import load_config
 from find_ray.errors import ConfigError
@@ -164,6 +166,39 @@ def test_seeds_tuning_and_the_ledger(tiny_shapes_dir, tmp_path):
     assert find["exact_gain_sd"] == pytest.approx(abs(means[0] - means[1]) / 2**0.5)
     assert "Tuning grid" in (out / "bench.md").read_text()
     assert "| find/seed1 | 40 NFE |" in (out / "cells.md").read_text()
+
+
+def test_the_main_cells_run_seed_by_seed(tiny_shapes_dir, tmp_path, monkeypatch):
+    """Every method's first seed runs before any second seed (a bench stopped part-way has a
+    row per method); a method still rising extends only once every seed has the set budgets."""
+    ran = []
+
+    def record(method):
+        def runner(bench, cell, budget):
+            ran.append((method, cell.key.seed, budget))
+            exact = [[budget / 1000] * 2] * 2  # rising with the budget: extended
+            cell.add(Evaluation(f"{budget}", budget, budget, 4.0, 0.0, exact, exact, [1.0] * 2))
+
+        return runner
+
+    for method in ("base", "find", "dno"):
+        monkeypatch.setitem(bench_methods.RUNNERS, method, record(method))
+    overrides = ["bench.seeds=[0,1]", "bench.extend_to=400"]
+    cfg = load_bench_config(
+        "configs/bench-shapes.yaml", [*tiny_bench(tiny_shapes_dir, tmp_path), *overrides]
+    )
+    run_main_cells(cfg, ["base", "find", "dno"], Tuning(), Allowance(), progress=False)
+    assert ran == [
+        ("base", 0, 0),
+        ("find", 0, 40),
+        ("find", 0, 100),
+        ("dno", 0, 0),
+        ("find", 1, 40),
+        ("find", 1, 100),
+        ("find", 0, 400),
+        ("find", 1, 400),
+        ("dno", 1, 0),
+    ]
 
 
 def test_bench_config_errors_name_the_key(tiny_shapes_dir, tmp_path, capsys):

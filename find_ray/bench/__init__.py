@@ -8,7 +8,7 @@ runner per method), `cells` (a method x seed's saved evaluations and training st
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from find_ray.bench.aggregate import table_points
@@ -44,11 +44,24 @@ def run_bench(
     allowance = Allowance(max_cells)
     tuning = tune(cfg, methods, allowance, progress)
     if tuning.complete:
-        for method in ["base", *[m for m in methods if m != "base"]]:
-            tuned = with_params(cfg, method, tuning.chosen.get(method, ()))
-            if run_cells(tuned, method, out / "cells", allowance, progress) is None:
-                break
+        run_main_cells(cfg, methods, tuning, allowance, progress)
     return write_results(cfg, tuning)
+
+
+def run_main_cells(
+    cfg: BenchConfig, methods: list[str], tuning: Tuning, allowance: Allowance, progress: bool
+) -> None:
+    """Seed by seed: every method's first seed on the set budgets, then the next seed, and
+    with the last seed the extensions of methods still rising. A bench stopped part-way has a
+    row for every method before it has a second seed for any."""
+    s = cfg.bench
+    for n in range(1, len(s.seeds) + 1):
+        last = n == len(s.seeds)
+        so_far = replace(cfg, bench=replace(s, seeds=s.seeds[:n], extend_to=s.extend_to * last))
+        for method in ["base", *[m for m in methods if m != "base"]]:
+            tuned = with_params(so_far, method, tuning.chosen.get(method, ()))
+            if run_cells(tuned, method, Path(s.out_dir) / "cells", allowance, progress) is None:
+                return
 
 
 def main_cells(cfg: BenchConfig) -> dict[str, list[Cell]]:

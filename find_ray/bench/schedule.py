@@ -1,8 +1,9 @@
 """Which cells the bench runs, in which order, and how far: the tuning grid first (on the
 tuning prompts, one seed, one budget; the best point per method is what the main cells run
-with), then every method x seed budget by budget, extending a trained method that is still
-rising. `--max-cells N` stops after N cell steps (one budget of one cell each), so the whole
-bench can run in the background a step at a time and be committed as it goes.
+with), then every method's cells seed by seed, budget by budget, extending a trained method
+that is still rising once all its seeds reached the set budgets. `--max-cells N` stops after
+N cell steps (one budget of one cell each), so the whole bench can run in the background a
+step at a time and be committed as it goes.
 """
 
 from __future__ import annotations
