@@ -4,6 +4,7 @@ the table and plot, resuming from saved points, and config errors."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -11,7 +12,8 @@ from find_ray.bench import config as bench_config
 from find_ray.bench import load_bench_config, run_bench, run_main_cells
 from find_ray.bench import methods as bench_methods
 from find_ray.bench.bench import eval_prompts
-from find_ray.bench.cells import Evaluation
+from find_ray.bench.cells import Cell, CellKey, Evaluation
+from find_ray.bench.reach import reach, reach_table
 from find_ray.bench.schedule import Allowance, Tuning
 from find_ray.cli import main
 from find_ray.config import load_config
@@ -85,6 +87,9 @@ def test_bench_runs_every_method_with_its_accounting(tiny_shapes_dir, tmp_path, 
     assert all(0 < p["quality"] <= 1 for p in by_method["find"] + by_method["base"])
     assert by_method["find"][-1]["shell"] == pytest.approx(1.0)  # projected (the default)
     assert "quality change" in table.read_text()
+    pairs = {(r["method"], r["target"]) for r in data["reach"]}
+    assert pairs == {("find", "ddpo"), ("ddpo", "find"), ("find", "drtune"), ("drtune", "find")}
+    assert "Training NFE to reach a peer's best" in table.read_text()
     assert data["surrogate"]["heldout"]["pairs"] > 0  # the surrogate was trained and reported
     text = table.read_text()
     assert "| ddpo | 100 NFE | 1 |" in text and "Surrogate reward" in text
@@ -176,8 +181,8 @@ def test_the_main_cells_run_seed_by_seed(tiny_shapes_dir, tmp_path, monkeypatch)
     def record(method):
         def runner(bench, cell, budget):
             ran.append((method, cell.key.seed, budget))
-            exact = [[budget / 1000] * 2] * 2  # rising with the budget: extended
-            cell.add(Evaluation(f"{budget}", budget, budget, 4.0, 0.0, exact, exact, [1.0] * 2))
+            rising = [[budget / 1000] * 2] * 2  # with the budget: extended
+            cell.add(evaluation(f"{budget}", rising, budget))
 
         return runner
 
@@ -199,6 +204,34 @@ def test_the_main_cells_run_seed_by_seed(tiny_shapes_dir, tmp_path, monkeypatch)
         ("find", 1, 400),
         ("dno", 1, 0),
     ]
+
+
+def test_reach_finds_the_first_budget_at_a_peers_best(tmp_path):
+    """FIND reaches DDPO's best (its 16k point) at 4k: a 4x speed-up, a lower bound since 4k is
+    FIND's smallest budget; DDPO never reaches FIND's best, and the CI pairs the samples."""
+
+    def cell(method: str, seed: int, exact_by_budget: dict[int, float]) -> Cell:
+        c = Cell.open(tmp_path, CellKey(method, seed))
+        for budget, share in exact_by_budget.items():
+            c.add(evaluation(f"{budget} NFE", [[i < share * 10 for i in range(10)]] * 2, budget))
+        return c
+
+    cells = {
+        "find": [cell("find", s, {4000: 0.6, 16000: 0.8}) for s in (0, 1)],
+        "ddpo": [cell("ddpo", 0, {4000: 0.2, 16000: 0.5, 64000: 0.4})],
+    }
+    find = reach(cells, "find", "ddpo")
+    best = ("16000 NFE (1 seed)", 0.5, 16000)
+    assert (find.target_label, find.target_exact, find.target_nfe) == best
+    assert (find.label, find.reached, find.at_first) == ("4000 NFE (2 seeds)", True, True)
+    gain, low, high = find.difference  # paired: only the 6th sample of each prompt differs
+    assert find.speedup == 4.0 and gain == pytest.approx(0.1) and 0 <= low < gain < high
+    ddpo = reach(cells, "ddpo", "find")
+    assert not ddpo.reached and ddpo.label == "16000 NFE (1 seed)" and math.isnan(ddpo.speedup)
+    assert ddpo.difference[0] == pytest.approx(-0.3)
+    assert reach(cells, "find", "drtune") is None
+    table = "\n".join(reach_table([find, ddpo]))
+    assert "| ≥ 4.0× |" in table and "no; best 16000 NFE (1 seed): 0.500" in table
 
 
 def test_bench_config_errors_name_the_key(tiny_shapes_dir, tmp_path, capsys):
@@ -271,8 +304,6 @@ def test_bench_runs_on_a_tiny_sd_pipeline_with_clipscore(tmp_path):
 
 
 def evaluation(label: str, exact, budget: int = 0, diversity=(1.0, 1.0)):
-    from find_ray.bench.cells import Evaluation
-
     exact = [list(map(float, row)) for row in exact]
     return Evaluation(label, budget, budget, 4.0, 1.0, exact, exact, list(diversity))
 

@@ -15,8 +15,10 @@ from find_ray.bench.aggregate import table_points
 from find_ray.bench.bench import Bench
 from find_ray.bench.cells import Cell, CellKey
 from find_ray.bench.config import BenchConfig, load_bench_config
+from find_ray.bench.reach import reach, reach_pairs, reach_table
 from find_ray.bench.report import cells_table, markdown, plot, tuning_table
 from find_ray.bench.schedule import (
+    TRAINED,
     Allowance,
     Tuning,
     check_same_bench,
@@ -86,6 +88,7 @@ def write_results(cfg: BenchConfig, tuning: Tuning) -> Path:
         (base,) = cells["base"][0].evaluations
         points = table_points(cells, base, cfg.bench.best_of, seed=cfg.bench.surrogate.seed)
     surrogate = bench.surrogate_report()
+    reaches = [r for a, b in reach_pairs(TRAINED) if (r := reach(cells, a, b)) is not None]
     write_json(
         out / "bench.json",
         {
@@ -94,11 +97,14 @@ def write_results(cfg: BenchConfig, tuning: Tuning) -> Path:
             "tuning": tuning.as_dict(),
             "cells": {c.key.name: c.elapsed_s for mine in cells.values() for c in mine},
             "points": [asdict(p) for p in points],
+            "reach": [asdict(r) for r in reaches],
         },
     )
     if points:
         plot(points, out / "bench.png")
     lines = markdown(points, bench.prompts, surrogate)
+    if reaches:
+        lines += ["", *reach_table(reaches)]
     if tuning.rows:
         lines += ["", *tuning_table(tuning)]
     table = out / "bench.md"
