@@ -101,7 +101,8 @@ def write_results(cfg: BenchConfig, tuning: Tuning) -> Path:
         },
     )
     if points:
-        plot(points, out / "bench.png")
+        budgets = {e.budget for mine in cells.values() for c in mine for e in c.evaluations}
+        plot(points, out / "bench.png", sorted(budgets - {0}))
     lines = markdown(points, bench.prompts, surrogate)
     if reaches:
         lines += ["", *reach_table(reaches)]

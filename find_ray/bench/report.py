@@ -76,9 +76,10 @@ def headline(points: list[Point]) -> str:
     return "exact" if all(math.isfinite(p.exact) for p in points) else "score"
 
 
-def plot(points: list[Point], path: Path) -> None:
-    """The headline metric against training NFE (trained methods) and against inference NFE
-    per image (base, best-of-N, DNO, and the trained methods at their final budget)."""
+def plot(points: list[Point], path: Path, budgets: list[int] = ()) -> None:
+    """The headline metric against training NFE (trained methods, ticks at `budgets`) and
+    against inference NFE per image (base, best-of-N, DNO, ReNO, and the trained methods at
+    their final budget)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,6 +108,16 @@ def plot(points: list[Point], path: Path) -> None:
                 label=method,
                 color=colours[method],
             )
+            spread = [p for p in mine if p.seeds > 1 and metric == "exact"]  # another seed's change
+            if spread:
+                train_ax.fill_between(
+                    [p.train_nfe for p in spread],
+                    [p.exact - p.exact_gain_sd for p in spread],
+                    [p.exact + p.exact_gain_sd for p in spread],
+                    color=colours[method],
+                    alpha=0.15,
+                    linewidth=0,
+                )
             infer_ax.scatter(
                 [mine[-1].inference_nfe],
                 y(mine[-1:]),
@@ -128,10 +139,12 @@ def plot(points: list[Point], path: Path) -> None:
     label = "eval exact match" if metric == "exact" else "eval reward score"
     for ax in (train_ax, infer_ax):
         _log_nfe_axis(ax, base[0] if base else None, label)
-    budgets = sorted({p.train_nfe for p in points if p.method in TRAINED})
     if budgets:  # ticks at the budgets: within a decade a log axis would show none
-        train_ax.set_xticks(budgets, [f"{b / 1000:.1f}k" for b in budgets])
-    train_ax.set(xlabel="training NFE", title="Training budget")
+        train_ax.set_xticks(budgets, [f"{b / 1000:g}k" for b in budgets])
+    train_ax.set(
+        xlabel="training NFE",
+        title="Training budget (bars: 95 % CI; band: ± sd over seeds)",
+    )
     infer_ax.set(xlabel="inference NFE per image", title="Inference budget")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
