@@ -106,7 +106,7 @@ def test_bench_runs_every_method_with_its_accounting(tiny_shapes_dir, tmp_path, 
 
 
 def evaluations(out, method: str, seed: int = 0) -> dict[str, dict]:
-    """A main cell's saved evaluations by label."""
+    """A main cell's saved evaluations by label (`method`: its folder, with a tuned point)."""
     saved = out / "cells" / method / f"seed{seed}" / "evaluations.json"
     return {e["label"]: e for e in json.loads(saved.read_text())}
 
@@ -165,12 +165,13 @@ def test_seeds_tuning_and_the_ledger(tiny_shapes_dir, tmp_path):
         assert (tuned / "evaluations.json").is_file()
     (find,) = [p for p in data["points"] if p["method"] == "find"]
     assert find["seeds"] == 2
-    per_seed = [evaluations(out, "find", seed)["40 NFE"]["exact"] for seed in (0, 1)]
+    chosen = f"find/learner.loss.policy_lr={best['params']['learner.loss.policy_lr']}"
+    per_seed = [evaluations(out, chosen, seed)["40 NFE"]["exact"] for seed in (0, 1)]
     means = [sum(map(sum, exact)) / 8 for exact in per_seed]  # 2 prompts x 4 samples each
     assert find["exact"] == pytest.approx(sum(means) / 2)
     assert find["exact_gain_sd"] == pytest.approx(abs(means[0] - means[1]) / 2**0.5)
     assert "Tuning grid" in (out / "bench.md").read_text()
-    assert "| find/seed1 | 40 NFE |" in (out / "cells.md").read_text()
+    assert f"| {chosen}/seed1 | 40 NFE |" in (out / "cells.md").read_text()  # the point named
 
 
 def test_the_main_cells_run_seed_by_seed(tiny_shapes_dir, tmp_path, monkeypatch):

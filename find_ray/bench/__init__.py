@@ -61,18 +61,22 @@ def run_main_cells(
         last = n == len(s.seeds)
         so_far = replace(cfg, bench=replace(s, seeds=s.seeds[:n], extend_to=s.extend_to * last))
         for method in ["base", *[m for m in methods if m != "base"]]:
-            tuned = with_params(so_far, method, tuning.chosen.get(method, ()))
-            if run_cells(tuned, method, Path(s.out_dir) / "cells", allowance, progress) is None:
+            params = tuning.chosen.get(method, ())  # in the cell's key: a new choice, new cells
+            tuned = with_params(so_far, method, params)
+            root = Path(s.out_dir) / "cells"
+            if run_cells(tuned, method, root, allowance, progress, params) is None:
                 return
 
 
-def main_cells(cfg: BenchConfig) -> dict[str, list[Cell]]:
-    """The saved cells of every configured method and seed that has an evaluation."""
+def main_cells(cfg: BenchConfig, tuning: Tuning) -> dict[str, list[Cell]]:
+    """The saved cells of every configured method and seed that has an evaluation, at the
+    tuning's chosen point."""
     s, root = cfg.bench, Path(cfg.bench.out_dir) / "cells"
     found: dict[str, list[Cell]] = {}
     for method in ["base", *[m for m in s.methods if m not in ("base", "best_of_n")]]:
         seeds = s.seeds[:1] if method == "base" else s.seeds
-        cells = [Cell.open(root, CellKey(method, seed)) for seed in seeds]
+        params = tuning.chosen.get(method, ())
+        cells = [Cell.open(root, CellKey(method, seed, params)) for seed in seeds]
         if any(c.evaluations for c in cells):
             found[method] = [c for c in cells if c.evaluations]
     return found
@@ -82,7 +86,7 @@ def write_results(cfg: BenchConfig, tuning: Tuning) -> Path:
     """The table, plot, JSON and the cells' ledger from what is saved (a partial bench
     writes the rows it has)."""
     out = Path(cfg.bench.out_dir)
-    bench, cells = Bench(cfg, progress=False), main_cells(cfg)
+    bench, cells = Bench(cfg, progress=False), main_cells(cfg, tuning)
     points = []
     if "base" in cells:
         (base,) = cells["base"][0].evaluations
