@@ -150,6 +150,28 @@ def test_dno_raises_a_differentiable_reward(shapes_pipe):
     assert all(p.grad is None for p in shapes_pipe.unet.parameters())
 
 
+def test_dno_snapshot_zero_is_the_stochastic_chains_own_sample(shapes_pipe):
+    """Snapshot 0 is the chain's sample of the starting noises, before any step: one more
+    chain, counted; it is what the first iteration scored."""
+    chain = DenoisingChain(shapes_pipe, steps=3, guidance=1.0, eta=1.0)
+    prompts = ["a red circle", "a blue square"]
+    z = torch.randn(2, 3, 8, 8, generator=gen(21))
+    noises = [torch.randn(2, 3, 8, 8, generator=gen(22 + i)) for i in range(3)]
+    counter = NFECounter(shapes_pipe.unet)
+    try:
+        result = optimise_noise(
+            chain, prompts, red, z_T=z, noises=noises, iterations=2, lr=0.05, snapshots=(0, 2)
+        )
+    finally:
+        counter.remove()
+    assert counter["inference"] == 2 * 2 * (2 * 3) + 2 * (2 * 3)  # + snapshot 0 and final
+    with torch.no_grad():
+        start = chain.decode(chain.sample(z, chain.conditions(prompts), noises=noises).final)
+    torch.testing.assert_close(result.snapshots[0], start)
+    torch.testing.assert_close(result.rewards[0], red(start, prompts))
+    assert torch.equal(result.snapshots[2], result.final_images)
+
+
 def test_dno_zeroth_order_runs_with_a_non_differentiable_reward(shapes_pipe):
     chain = DenoisingChain(shapes_pipe, steps=3, guidance=2.0, eta=1.0)
     prompts = ["a red circle", "a blue square"]

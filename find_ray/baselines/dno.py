@@ -267,6 +267,9 @@ def optimise_noise(
     history, taken = [], {}
     bar = tqdm(range(iterations), desc="dno", disable=not progress)
     with frozen(chain.unet, chain.vae):
+        if 0 in snapshots:  # the stochastic chain's own sample, before any step
+            with torch.no_grad():
+                taken[0] = render(noise)
         for i in bar:
             optimiser.zero_grad()
             gain, rewards = objective(render(noise))
