@@ -176,7 +176,8 @@ def test_seeds_tuning_and_the_ledger(tiny_shapes_dir, tmp_path):
 
 def test_the_main_cells_run_seed_by_seed(tiny_shapes_dir, tmp_path, monkeypatch):
     """Every method's first seed runs before any second seed (a bench stopped part-way has a
-    row per method); a method still rising extends only once every seed has the set budgets."""
+    row per method); a method still rising extends only once every seed has the set budgets;
+    ReNO, deterministic given the eval noise, runs one seed as the base does."""
     ran = []
 
     def record(method):
@@ -187,18 +188,19 @@ def test_the_main_cells_run_seed_by_seed(tiny_shapes_dir, tmp_path, monkeypatch)
 
         return runner
 
-    for method in ("base", "find", "dno"):
+    for method in ("base", "find", "dno", "reno"):
         monkeypatch.setitem(bench_methods.RUNNERS, method, record(method))
     overrides = ["bench.seeds=[0,1]", "bench.extend_to=400"]
     cfg = load_bench_config(
         "configs/bench-shapes.yaml", [*tiny_bench(tiny_shapes_dir, tmp_path), *overrides]
     )
-    run_main_cells(cfg, ["base", "find", "dno"], Tuning(), Allowance(), progress=False)
+    run_main_cells(cfg, ["base", "find", "dno", "reno"], Tuning(), Allowance(), progress=False)
     assert ran == [
         ("base", 0, 0),
         ("find", 0, 40),
         ("find", 0, 100),
         ("dno", 0, 0),
+        ("reno", 0, 0),
         ("find", 1, 40),
         ("find", 1, 100),
         ("find", 0, 400),

@@ -18,6 +18,7 @@ from find_ray.bench.config import BenchConfig, load_bench_config
 from find_ray.bench.reach import reach, reach_pairs, reach_table
 from find_ray.bench.report import cells_table, markdown, plot, tuning_table
 from find_ray.bench.schedule import (
+    SEEDLESS,
     TRAINED,
     Allowance,
     Tuning,
@@ -74,7 +75,7 @@ def main_cells(cfg: BenchConfig, tuning: Tuning) -> dict[str, list[Cell]]:
     s, root = cfg.bench, Path(cfg.bench.out_dir) / "cells"
     found: dict[str, list[Cell]] = {}
     for method in ["base", *[m for m in s.methods if m not in ("base", "best_of_n")]]:
-        seeds = s.seeds[:1] if method == "base" else s.seeds
+        seeds = s.seeds[:1] if method in SEEDLESS else s.seeds
         params = tuning.chosen.get(method, ())
         cells = [Cell.open(root, CellKey(method, seed, params)) for seed in seeds]
         if any(c.evaluations for c in cells):

@@ -25,6 +25,7 @@ from find_ray.errors import ConfigError
 from find_ray.prompts import load_suite
 
 TRAINED = ("find", "ddpo", "drtune", "flow_grpo")  # budget by budget; others: a cell at once
+SEEDLESS = ("base", "reno")  # nothing random but the shared eval noise: one seed says it all
 Params = tuple[tuple[str, Any], ...]
 
 
@@ -123,7 +124,7 @@ def run_cells(
     """Every seed's cell of `method` (at the grid point `params`, while tuning) to its last
     budget; None when the allowance ran out."""
     s, bench = cfg.bench, Bench(cfg, progress)
-    seeds = s.seeds[:1] if method == "base" else s.seeds  # the base has nothing to train
+    seeds = s.seeds[:1] if method in SEEDLESS else s.seeds
     cells = [Cell.open(root, CellKey(method, seed, params)) for seed in seeds]
     budgets = list(s.budgets)
     while True:
