@@ -14,7 +14,8 @@ from find_ray.bench import methods as bench_methods
 from find_ray.bench.bench import eval_prompts
 from find_ray.bench.cells import Cell, CellKey, Evaluation
 from find_ray.bench.reach import reach, reach_table
-from find_ray.bench.schedule import Allowance, Tuning
+from find_ray.bench.report import tuning_table
+from find_ray.bench.schedule import Allowance, Tuning, tune
 from find_ray.cli import main
 from find_ray.config import load_config
 from find_ray.errors import ConfigError
@@ -207,6 +208,37 @@ def test_the_main_cells_run_seed_by_seed(tiny_shapes_dir, tmp_path, monkeypatch)
         ("find", 1, 400),
         ("dno", 1, 0),
     ]
+
+
+def test_tuning_chooses_at_its_budget_and_keeps_smaller_ones(
+    tiny_shapes_dir, tmp_path, monkeypatch
+):
+    """Raising the tuning budget continues each grid point's cell; the choice is made at the
+    new budget (here the other point), and the smaller budget's figure stays in the table."""
+
+    def runner(bench, cell, budget):
+        lr = dict(cell.key.params)["learner.loss.policy_lr"]
+        good = (lr == 0.1) == (budget == 40)  # 0.1 leads at 40, 3.0 at 100
+        cell.add(evaluation(f"{budget} NFE", [[float(good)] * 2] * 2, budget))
+
+    monkeypatch.setitem(bench_methods.RUNNERS, "find", runner)
+    overrides = [
+        *tiny_bench(tiny_shapes_dir, tmp_path),
+        "bench.tuning.enabled=true",
+        "bench.tuning.prompts=[a green triangle,a yellow square]",
+        "bench.tuning.budget=40",
+        "bench.tuning.grid={find: {learner.loss.policy_lr: [0.1, 3.0]}}",
+    ]
+    cfg = load_bench_config("configs/bench-shapes.yaml", overrides)
+    assert tune(cfg, ["find"], Allowance(), progress=False).chosen["find"] == (
+        ("learner.loss.policy_lr", 0.1),
+    )
+    cfg.bench.tuning.budget = 100
+    tuning = tune(cfg, ["find"], Allowance(), progress=False)
+    assert tuning.chosen["find"] == (("learner.loss.policy_lr", 3.0),)
+    assert tuning.earlier["find", (("learner.loss.policy_lr", 3.0),)] == [("40 NFE", 0.0)]
+    table = "\n".join(tuning_table(tuning))
+    assert "| **learner.loss.policy_lr=3.0** | 1.000 | 1.000 | 40 NFE: 0.000 |" in table
 
 
 def test_reach_finds_the_first_budget_at_a_peers_best(tmp_path):

@@ -45,15 +45,22 @@ def markdown(points: list[Point], prompts: list[str], surrogate: dict) -> list[s
 
 
 def tuning_table(tuning: Tuning) -> list[str]:
-    """Each grid point's exact match and score on the tuning prompts; the chosen one bold."""
+    """Each grid point's exact match and score on the tuning prompts at the tuning budget, and
+    its exact match at smaller budgets where a cell has them; the chosen one bold."""
     rows = []
     for method, points in tuning.rows.items():
         for params, exact, score in points:
             chosen = tuning.chosen.get(method) == params
             knobs = ", ".join(f"{k}={v}" for k, v in params)
-            rows.append([method, f"**{knobs}**" if chosen else knobs, fmt(exact), f"{score:.3f}"])
-    header = ["method", "grid point (chosen in bold)", "exact (tuning prompts)", "score"]
-    return ["Tuning grid:", "", *md_table(header, rows, "llrr")]
+            earlier = "; ".join(f"{label}: {e:.3f}" for label, e in tuning.earlier[method, params])
+            rows.append(
+                [method, f"**{knobs}**" if chosen else knobs, fmt(exact), f"{score:.3f}", earlier]
+            )
+    header = [
+        *("method", "grid point (chosen in bold)", "exact (tuning prompts)", "score"),
+        "exact at smaller budgets",
+    ]
+    return ["Tuning grid:", "", *md_table(header, rows, "llrrl")]
 
 
 def cells_table(cells: dict[str, list[Cell]], tuning: Tuning) -> list[str]:

@@ -147,6 +147,7 @@ class Tuning:
     chosen params per method, and whether every grid point has run."""
 
     rows: dict[str, list[tuple[Params, float, float]]] = field(default_factory=dict)
+    earlier: dict[tuple[str, Params], list[tuple[str, float]]] = field(default_factory=dict)
     chosen: dict[str, Params] = field(default_factory=dict)
     cells: list[Cell] = field(default_factory=list)
     complete: bool = True
@@ -154,7 +155,10 @@ class Tuning:
     def as_dict(self) -> dict[str, Any]:
         return {
             method: {
-                "grid": [{"params": dict(p), "exact": e, "score": s} for p, e, s in rows],
+                "grid": [
+                    {"params": dict(p), "exact": e, "score": s, "earlier": self.earlier[method, p]}
+                    for p, e, s in rows
+                ],
                 "chosen": dict(self.chosen.get(method, ())),
             }
             for method, rows in self.rows.items()
@@ -163,7 +167,8 @@ class Tuning:
 
 def tune(cfg: BenchConfig, methods: list[str], allowance: Allowance, progress: bool) -> Tuning:
     """Each grid point of each method on the tuning prompts, one seed, the tuning budget. The
-    best point has the highest exact match (then score) at its last evaluation."""
+    best point has the highest exact match (then score) at that budget (inference-time
+    methods: at their last snapshot); a trained cell's smaller budgets are kept as `earlier`."""
     tuning = Tuning()
     grid = {m: g for m, g in cfg.bench.tuning.grid.items() if m in methods and g}
     if not grid or not cfg.bench.tuning.enabled:
@@ -180,8 +185,13 @@ def tune(cfg: BenchConfig, methods: list[str], allowance: Allowance, progress: b
                 return tuning
             (cell,) = cells
             tuning.cells.append(cell)
-            last = cell.evaluations[-1]
+            budget = tcfg.bench.budgets[0] if method in TRAINED else 0
+            done = sorted(cell.evaluations, key=lambda e: e.budget)
+            last = next(e for e in done if e.budget == budget) if budget else done[-1]
             rows.append((params, last.array("exact").mean(), last.array("scores").mean()))
+            tuning.earlier[method, params] = [
+                (e.label, e.array("exact").mean()) for e in done if 0 < e.budget < budget
+            ]
         tuning.chosen[method] = max(rows, key=lambda row: (row[1], row[2]))[0]
     return tuning
 
