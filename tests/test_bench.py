@@ -239,6 +239,7 @@ def test_tuning_chooses_at_its_budget_and_keeps_smaller_ones(
     assert tuning.earlier["find", (("learner.loss.policy_lr", 3.0),)] == [("40 NFE", 0.0)]
     table = "\n".join(tuning_table(tuning))
     assert "| **learner.loss.policy_lr=3.0** | 1.000 | 1.000 | 40 NFE: 0.000 |" in table
+    assert "| base | N(0, I) |" in table  # what the grid moves from, on the tuning prompts
 
 
 def test_reach_finds_the_first_budget_at_a_peers_best(tmp_path):

@@ -50,8 +50,8 @@ def tuning_table(tuning: Tuning) -> list[str]:
     rows = []
     for method, points in tuning.rows.items():
         for params, exact, score in points:
-            chosen = tuning.chosen.get(method) == params
-            knobs = ", ".join(f"{k}={v}" for k, v in params)
+            chosen = tuning.chosen.get(method) == params and method != "base"
+            knobs = ", ".join(f"{k}={v}" for k, v in params) or "N(0, I)"
             earlier = "; ".join(f"{label}: {e:.3f}" for label, e in tuning.earlier[method, params])
             rows.append(
                 [method, f"**{knobs}**" if chosen else knobs, fmt(exact), f"{score:.3f}", earlier]

@@ -166,8 +166,8 @@ class Tuning:
 
 
 def tune(cfg: BenchConfig, methods: list[str], allowance: Allowance, progress: bool) -> Tuning:
-    """Each grid point of each method on the tuning prompts, one seed, the tuning budget. The
-    best point has the highest exact match (then score) at that budget (inference-time
+    """The base and each grid point of each method on the tuning prompts, one seed, the tuning
+    budget. The best point has the highest exact match (then score) at that budget (inference-time
     methods: at their last snapshot); a trained cell's smaller budgets are kept as `earlier`."""
     tuning = Tuning()
     grid = {m: g for m, g in cfg.bench.tuning.grid.items() if m in methods and g}
@@ -175,7 +175,7 @@ def tune(cfg: BenchConfig, methods: list[str], allowance: Allowance, progress: b
         return tuning
     tcfg = tuning_config(cfg)
     root = Path(tcfg.bench.out_dir) / "cells"
-    for method, knobs in grid.items():
+    for method, knobs in {"base": {}, **grid}.items():  # the base: what the grid moves from
         rows = tuning.rows[method] = []
         for params in grid_points(knobs):
             tuned = with_params(tcfg, method, params)
