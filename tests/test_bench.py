@@ -256,18 +256,23 @@ def test_reach_finds_the_first_budget_at_a_peers_best(tmp_path):
         "find": [cell("find", s, {4000: 0.6, 16000: 0.8}) for s in (0, 1)],
         "ddpo": [cell("ddpo", 0, {4000: 0.2, 16000: 0.5, 64000: 0.4})],
     }
-    find = reach(cells, "find", "ddpo")
+    base = evaluation("N(0, I)", [[i < 2 for i in range(10)]] * 2)  # 0.2
+    find = reach(cells, "find", "ddpo", base)
     best = ("16000 NFE (1 seed)", 0.5, 16000)
     assert (find.target_label, find.target_exact, find.target_nfe) == best
     assert (find.label, find.reached, find.at_first) == ("4000 NFE (2 seeds)", True, True)
     gain, low, high = find.difference  # paired: only the 6th sample of each prompt differs
     assert find.speedup == 4.0 and gain == pytest.approx(0.1) and 0 <= low < gain < high
-    ddpo = reach(cells, "ddpo", "find")
+    ddpo = reach(cells, "ddpo", "find", base)
     assert not ddpo.reached and ddpo.label == "16000 NFE (1 seed)" and math.isnan(ddpo.speedup)
     assert ddpo.difference[0] == pytest.approx(-0.3)
-    assert reach(cells, "find", "drtune") is None
+    assert reach(cells, "find", "drtune", base) is None
     table = "\n".join(reach_table([find, ddpo]))
     assert "| ≥ 4.0× |" in table and "no; best 16000 NFE (1 seed): 0.500" in table
+    # a target whose best is not above the base leaves nothing to reach, and no speed-up
+    level = reach(cells, "find", "ddpo", evaluation("N(0, I)", [[i < 5 for i in range(10)]] * 2))
+    assert not level.target_moved and math.isnan(level.speedup)
+    assert "nothing to reach: ddpo's best vs the base +0.000" in "\n".join(reach_table([level]))
 
 
 def test_bench_config_errors_name_the_key(tiny_shapes_dir, tmp_path, capsys):

@@ -88,12 +88,12 @@ def write_results(cfg: BenchConfig, tuning: Tuning) -> Path:
     writes the rows it has)."""
     out = Path(cfg.bench.out_dir)
     bench, cells = Bench(cfg, progress=False), main_cells(cfg, tuning)
-    points = []
+    points, reaches = [], []
     if "base" in cells:
         (base,) = cells["base"][0].evaluations
         points = table_points(cells, base, cfg.bench.best_of, seed=cfg.bench.surrogate.seed)
+        reaches = [r for a, b in reach_pairs(TRAINED) if (r := reach(cells, a, b, base))]
     surrogate = bench.surrogate_report()
-    reaches = [r for a, b in reach_pairs(TRAINED) if (r := reach(cells, a, b)) is not None]
     write_json(
         out / "bench.json",
         {

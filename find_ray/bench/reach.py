@@ -28,14 +28,20 @@ class Reach:
     label: str  # the method's first point at or above the target's best, else its best point
     exact: float
     train_nfe: int
+    target_gain: tuple[float, float, float]  # the target's best against the base, 95 % CI
     reached: bool
     at_first: bool  # reached at the method's smallest budget: the speed-up is a lower bound
     difference: tuple[float, float, float]  # method at `label` minus the target's best, 95 % CI
 
     @property
+    def target_moved(self) -> bool:
+        """Whether the target's best is above the base (its CI): else there is nothing to reach."""
+        return self.target_gain[1] > 0
+
+    @property
     def speedup(self) -> float:
         """The target's training NFE at its best over the method's where it reaches it."""
-        return self.target_nfe / self.train_nfe if self.reached else math.nan
+        return self.target_nfe / self.train_nfe if self.reached and self.target_moved else math.nan
 
 
 def _trained(cells: list[Cell]) -> list[tuple[str, list[Evaluation], np.ndarray]]:
@@ -52,9 +58,9 @@ def _seed_mean(group: list[Evaluation]) -> np.ndarray:
     return np.mean([e.array("exact") for e in group], axis=0)
 
 
-def reach(cells: dict[str, list[Cell]], method: str, target: str) -> Reach | None:
-    """`method` against `target`'s best point (highest mean exact match); None when either
-    has no trained point."""
+def reach(cells: dict[str, list[Cell]], method: str, target: str, base: Evaluation) -> Reach | None:
+    """`method` against `target`'s best point (highest mean exact match), both paired with
+    `base` on the same eval noise; None when either has no trained point."""
     mine, theirs = _trained(cells.get(method, [])), _trained(cells.get(target, []))
     if not mine or not theirs:
         return None
@@ -70,6 +76,7 @@ def reach(cells: dict[str, list[Cell]], method: str, target: str) -> Reach | Non
         label=label,
         exact=float(exact.mean()),
         train_nfe=int(np.mean([e.train_nfe for e in group])),
+        target_gain=paired_bootstrap_ci(base.array("exact"), t_exact),
         reached=bool(reaching),
         at_first=bool(reaching) and reaching[0] is mine[0],
         difference=paired_bootstrap_ci(t_exact, exact),
@@ -87,9 +94,9 @@ def reach_table(found: list[Reach]) -> list[str]:
     rows = [
         [
             *(r.method, f"{r.target} at {r.target_label}: {r.target_exact:.3f}"),
-            f"{r.label}: {r.exact:.3f}" if r.reached else f"no; best {r.label}: {r.exact:.3f}",
+            _reached(r),
             ci_cell(*r.difference),
-            f"{'≥ ' * r.at_first}{r.speedup:.1f}×" if r.reached else "n/a",
+            f"{'≥ ' * r.at_first}{r.speedup:.1f}×" if r.reached and r.target_moved else "n/a",
         ]
         for r in found
     ]
@@ -103,3 +110,9 @@ def reach_table(found: list[Reach]) -> list[str]:
         "",
         *md_table(header, rows, "lllll"),
     ]
+
+
+def _reached(r: Reach) -> str:
+    if not r.target_moved:
+        return f"nothing to reach: {r.target}'s best vs the base {ci_cell(*r.target_gain)}"
+    return f"{r.label}: {r.exact:.3f}" if r.reached else f"no; best {r.label}: {r.exact:.3f}"
