@@ -272,7 +272,9 @@ def test_reach_finds_the_first_budget_at_a_peers_best(tmp_path):
     # a target whose best is not above the base leaves nothing to reach, and no speed-up
     level = reach(cells, "find", "ddpo", evaluation("N(0, I)", [[i < 5 for i in range(10)]] * 2))
     assert not level.target_moved and math.isnan(level.speedup)
-    assert "nothing to reach: ddpo's best vs the base +0.000" in "\n".join(reach_table([level]))
+    text = "\n".join(reach_table([level]))
+    assert "nothing to reach (ddpo's best vs the base +0.000" in text
+    assert "; passed at 4000 NFE (2 seeds): 0.600" in text
 
 
 def test_bench_config_errors_name_the_key(tiny_shapes_dir, tmp_path, capsys):

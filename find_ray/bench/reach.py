@@ -114,5 +114,6 @@ def reach_table(found: list[Reach]) -> list[str]:
 
 def _reached(r: Reach) -> str:
     if not r.target_moved:
-        return f"nothing to reach: {r.target}'s best vs the base {ci_cell(*r.target_gain)}"
+        passed = f"; passed at {r.label}: {r.exact:.3f}" if r.reached else ""
+        return f"nothing to reach ({r.target}'s best vs the base {ci_cell(*r.target_gain)}){passed}"
     return f"{r.label}: {r.exact:.3f}" if r.reached else f"no; best {r.label}: {r.exact:.3f}"
