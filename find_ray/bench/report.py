@@ -93,41 +93,16 @@ def plot(points: list[Point], path: Path, budgets: list[int] = ()) -> None:
     import matplotlib.pyplot as plt
 
     metric = headline(points)
-
-    def y(ps: list[Point]) -> list[float]:
-        return [getattr(p, metric) for p in ps]
-
-    def yerr(ps: list[Point]) -> list[list[float]]:  # the paired CI of the gain
-        gains = [getattr(p, f"{metric}_gain") for p in ps]
-        return [[g - low for g, low, _ in gains], [high - g for g, _, high in gains]]
-
     colours = dict(zip(LINES, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     fig, (train_ax, infer_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
     for method in TRAINED:
         mine = [p for p in points if p.method == method]
         if mine:
-            train_ax.errorbar(
-                [p.train_nfe for p in mine],
-                y(mine),
-                yerr=yerr(mine),
-                marker="o",
-                capsize=3,
-                label=method,
-                color=colours[method],
-            )
-            spread = [p for p in mine if p.seeds > 1 and metric == "exact"]  # another seed's change
-            if spread:
-                train_ax.fill_between(
-                    [p.train_nfe for p in spread],
-                    [p.exact - p.exact_gain_sd for p in spread],
-                    [p.exact + p.exact_gain_sd for p in spread],
-                    color=colours[method],
-                    alpha=0.15,
-                    linewidth=0,
-                )
+            _training_line(train_ax, mine, metric, colours[method])
+            last = mine[-1]
             infer_ax.scatter(
-                [mine[-1].inference_nfe],
-                y(mine[-1:]),
+                [last.inference_nfe],
+                [getattr(last, metric)],
                 marker="s",
                 label=method,
                 color=colours[method],
@@ -137,12 +112,12 @@ def plot(points: list[Point], path: Path, budgets: list[int] = ()) -> None:
         if mine:
             infer_ax.plot(
                 [p.inference_nfe for p in mine],
-                y(mine),
+                [getattr(p, metric) for p in mine],
                 marker="o",
                 label=method,
                 color=colours[method],
             )
-    base = y([p for p in points if p.method == "base"])
+    base = [getattr(p, metric) for p in points if p.method == "base"]
     label = "eval exact match" if metric == "exact" else "eval reward score"
     for ax in (train_ax, infer_ax):
         _log_nfe_axis(ax, base[0] if base else None, label)
@@ -156,6 +131,25 @@ def plot(points: list[Point], path: Path, budgets: list[int] = ()) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _training_line(ax, mine: list[Point], metric: str, colour) -> None:
+    """A trained method's points against training NFE: the paired CI of each gain as bars,
+    and where several seeds stand behind a point, ± the sd of their gains as a band."""
+    nfe, y = [p.train_nfe for p in mine], [getattr(p, metric) for p in mine]
+    gains = [getattr(p, f"{metric}_gain") for p in mine]
+    yerr = [[g - low for g, low, _ in gains], [high - g for g, _, high in gains]]
+    ax.errorbar(nfe, y, yerr=yerr, marker="o", capsize=3, label=mine[0].method, color=colour)
+    spread = [p for p in mine if p.seeds > 1 and metric == "exact"]  # another seed's change
+    if spread:
+        ax.fill_between(
+            [p.train_nfe for p in spread],
+            [p.exact - p.exact_gain_sd for p in spread],
+            [p.exact + p.exact_gain_sd for p in spread],
+            color=colour,
+            alpha=0.15,
+            linewidth=0,
+        )
 
 
 def _log_nfe_axis(ax, base: float | None, label: str) -> None:
