@@ -18,12 +18,13 @@ from find_ray.bench.config import BenchConfig, load_bench_config
 from find_ray.bench.reach import reach, reach_pairs, reach_table
 from find_ray.bench.report import cells_table, markdown, plot, tuning_table
 from find_ray.bench.schedule import (
-    SEEDLESS,
     TRAINED,
     Allowance,
     Tuning,
+    base_first,
     check_same_bench,
     run_cells,
+    seeds_of,
     tune,
     with_params,
 )
@@ -57,14 +58,13 @@ def run_main_cells(
     """Seed by seed: every method's first seed on the set budgets, then the next seed, and
     with the last seed the extensions of methods still rising. A bench stopped part-way has a
     row for every method before it has a second seed for any."""
-    s = cfg.bench
+    s, root = cfg.bench, Path(cfg.bench.out_dir) / "cells"
     for n in range(1, len(s.seeds) + 1):
         last = n == len(s.seeds)
         so_far = replace(cfg, bench=replace(s, seeds=s.seeds[:n], extend_to=s.extend_to * last))
-        for method in ["base", *[m for m in methods if m != "base"]]:
+        for method in base_first(methods):
             params = tuning.chosen.get(method, ())  # in the cell's key: a new choice, new cells
             tuned = with_params(so_far, method, params)
-            root = Path(s.out_dir) / "cells"
             if run_cells(tuned, method, root, allowance, progress, params) is None:
                 return
 
@@ -74,10 +74,9 @@ def main_cells(cfg: BenchConfig, tuning: Tuning) -> dict[str, list[Cell]]:
     tuning's chosen point."""
     s, root = cfg.bench, Path(cfg.bench.out_dir) / "cells"
     found: dict[str, list[Cell]] = {}
-    for method in ["base", *[m for m in s.methods if m not in ("base", "best_of_n")]]:
-        seeds = s.seeds[:1] if method in SEEDLESS else s.seeds
+    for method in base_first(s.methods):
         params = tuning.chosen.get(method, ())
-        cells = [Cell.open(root, CellKey(method, seed, params)) for seed in seeds]
+        cells = [Cell.open(root, CellKey(method, seed, params)) for seed in seeds_of(s, method)]
         if any(c.evaluations for c in cells):
             found[method] = [c for c in cells if c.evaluations]
     return found

@@ -96,7 +96,7 @@ def reach_table(found: list[Reach]) -> list[str]:
             *(r.method, f"{r.target} at {r.target_label}: {r.target_exact:.3f}"),
             _reached(r),
             ci_cell(*r.difference),
-            f"{'≥ ' * r.at_first}{r.speedup:.1f}×" if r.reached and r.target_moved else "n/a",
+            f"{'≥ ' * r.at_first}{r.speedup:.1f}×" if math.isfinite(r.speedup) else "n/a",
         ]
         for r in found
     ]

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from find_ray.bench.bench import Bench, eval_prompts
 from find_ray.bench.cells import Cell, CellKey
-from find_ray.bench.config import BenchConfig, TuningSettings
+from find_ray.bench.config import BenchConfig, BenchSettings, TuningSettings
 from find_ray.bench.methods import RUNNERS
 from find_ray.errors import ConfigError
 from find_ray.prompts import load_suite
@@ -27,6 +27,16 @@ from find_ray.prompts import load_suite
 TRAINED = ("find", "ddpo", "drtune", "flow_grpo")  # budget by budget; others: a cell at once
 SEEDLESS = ("base", "reno")  # nothing random but the shared eval noise: one seed says it all
 Params = tuple[tuple[str, Any], ...]
+
+
+def seeds_of(settings: BenchSettings, method: str) -> list[int]:
+    """The training seeds a method's cells run with."""
+    return settings.seeds[:1] if method in SEEDLESS else settings.seeds
+
+
+def base_first(methods: list[str]) -> list[str]:
+    """The methods that have cells (best-of-N reads the base's), the base first."""
+    return ["base", *(m for m in methods if m not in ("base", "best_of_n"))]
 
 
 @dataclass
@@ -124,8 +134,7 @@ def run_cells(
     """Every seed's cell of `method` (at the grid point `params`, while tuning) to its last
     budget; None when the allowance ran out."""
     s, bench = cfg.bench, Bench(cfg, progress)
-    seeds = s.seeds[:1] if method in SEEDLESS else s.seeds
-    cells = [Cell.open(root, CellKey(method, seed, params)) for seed in seeds]
+    cells = [Cell.open(root, CellKey(method, seed, params)) for seed in seeds_of(s, method)]
     budgets = list(s.budgets)
     while True:
         for cell in cells:
