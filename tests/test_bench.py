@@ -14,7 +14,7 @@ from find_ray.bench import methods as bench_methods
 from find_ray.bench.bench import eval_prompts
 from find_ray.bench.cells import Cell, CellKey, Evaluation
 from find_ray.bench.reach import reach, reach_table
-from find_ray.bench.report import tuning_table
+from find_ray.bench.report import before_after, tuning_table, write_figures
 from find_ray.bench.schedule import Allowance, Tuning, tune
 from find_ray.cli import main
 from find_ray.config import load_config
@@ -95,6 +95,13 @@ def test_bench_runs_every_method_with_its_accounting(tiny_shapes_dir, tmp_path, 
     text = table.read_text()
     assert "| ddpo | 100 NFE | 1 |" in text and "Surrogate reward" in text
     assert (out / "bench.png").stat().st_size > 0
+    base_images = Cell.open(out / "cells", CellKey("base", 0)).images("N(0, I)")
+    assert base_images.shape == (2, 4, 32, 32, 3)  # prompts, the 4 eval samples (< SHOWN)
+    dno = Cell.open(out / "cells", CellKey("dno", 0))
+    assert (dno.images("1 it") != dno.images("2 it")).any()  # each snapshot its own images
+    for method in ("find", "ddpo", "drtune", "dno"):
+        assert f"[{method}](images/{method}.png)" in text
+        assert (out / "images" / f"{method}.png").stat().st_size > 0
     ledger = (out / "cells.md").read_text()
     assert "| find/seed0 | 40 NFE, 100 NFE |" in ledger and "wall-clock time in all" in ledger
 
@@ -275,6 +282,44 @@ def test_reach_finds_the_first_budget_at_a_peers_best(tmp_path):
     text = "\n".join(reach_table([level]))
     assert "nothing to reach (ddpo's best vs the base +0.000" in text
     assert "; passed at 4000 NFE (2 seeds): 0.600" in text
+
+
+def test_the_before_after_figure_pairs_each_eval_noise_with_the_base(tmp_path):
+    """A cell saves each evaluation's first images per prompt; the figure puts the base's above
+    the method's last point, column by column (the same eval noise), one block per prompt."""
+    import numpy as np
+
+    from find_ray.eval.evaluate import PromptResult
+
+    def results(fill: int, shown: int = 8) -> list[PromptResult]:
+        image = np.full((32, 32, 3), fill, np.uint8)
+        return [
+            PromptResult(p, np.ones(8), np.ones(8), np.ones(8), [image + j for j in range(shown)])
+            for p in ("a red circle", "a blue square")
+        ]
+
+    base, find = Cell.open(tmp_path, CellKey("base", 0)), Cell.open(tmp_path, CellKey("find", 0))
+    base.add(evaluation("N(0, I)", [[1.0] * 8] * 2), results=results(10))
+    for budget, fill in ((40, 100), (100, 200)):
+        find.add(evaluation(f"{budget} NFE", [[1.0] * 8] * 2, budget), results=results(fill))
+    assert find.images("40 NFE").shape == (2, 6, 32, 32, 3)  # the first SHOWN per prompt
+    assert Cell.open(tmp_path, CellKey("find", 0)).images("100 NFE")[1, 5, 0, 0, 0] == 205
+    figure = np.asarray(before_after(["a red circle", "a blue square"], base, find))
+    # each prompt's block: a title, then the base's row above the method's, 96 px tiles
+    # (labels under them) 100 px apart; column j shows eval sample j under both
+    for block in (0, 1):
+        top = block * (16 + 2 * 110 + 6) + 16
+        for j in range(6):
+            x = j * 100 + 2 + 48
+            assert figure[top + 48, x, 0] == 10 + j  # the base
+            assert figure[top + 110 + 48, x, 0] == 200 + j  # find's last point, not 40 NFE's
+    assert figure.shape[:2] == (2 * (16 + 2 * 110 + 6), 600)
+    prompts, cells = ["a red circle", "a blue square"], {"base": [base], "find": [find]}
+    lines = write_figures(tmp_path, prompts, cells)
+    assert "[find](images/find.png)" in lines[-1] and (tmp_path / "images" / "find.png").is_file()
+    empty = Cell.open(tmp_path, CellKey("ddpo", 0))
+    empty.add(evaluation("40 NFE", [[1.0] * 8] * 2, 40))  # no images: no figure
+    assert before_after(["a red circle", "a blue square"], base, empty) is None
 
 
 def test_bench_config_errors_name_the_key(tiny_shapes_dir, tmp_path, capsys):

@@ -16,7 +16,7 @@ from find_ray.bench.bench import Bench
 from find_ray.bench.cells import Cell, CellKey
 from find_ray.bench.config import BenchConfig, load_bench_config
 from find_ray.bench.reach import reach, reach_pairs, reach_table
-from find_ray.bench.report import cells_table, markdown, plot, tuning_table
+from find_ray.bench.report import cells_table, markdown, plot, tuning_table, write_figures
 from find_ray.bench.schedule import (
     TRAINED,
     Allowance,
@@ -108,6 +108,8 @@ def write_results(cfg: BenchConfig, tuning: Tuning) -> Path:
         budgets = {e.budget for mine in cells.values() for c in mine for e in c.evaluations}
         plot(points, out / "bench.png", sorted(budgets - {0}))
     lines = markdown(points, bench.prompts, surrogate)
+    if "base" in cells:
+        lines += write_figures(out, bench.prompts, cells)
     if reaches:
         lines += ["", *reach_table(reaches)]
     if tuning.rows:

@@ -4,8 +4,10 @@
 A cell's folder holds its evaluations (`evaluations.json`, one per budget or snapshot, with the
 per-sample figures the table's CIs and seed spread are computed from) and the training state
 at the last budget it reached (`state.pt`, not committed: a cell without it starts again and
-keeps the evaluations it has). Each evaluation is written after its state, so an interrupted
-cell resumes at its last evaluation and never counts a budget twice.
+keeps the evaluations it has), and each evaluation's first images per prompt
+(`images/<label>.npz`, what the report's before/after figures show). Each evaluation is
+written after its state and images, so an interrupted cell resumes at its last evaluation and
+never counts a budget twice.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,8 @@ from find_ray.eval.evaluate import PromptResult
 STATE = "state.pt"
 EVALUATIONS = "evaluations.json"
 ELAPSED = "elapsed.json"  # wall-clock seconds spent on the cell, evaluations included
+IMAGES = "images"
+SHOWN = 6  # images kept per prompt and evaluation: the first eval samples, on the shared noise
 
 
 @dataclass
@@ -106,15 +111,35 @@ class Cell:
         path = self.folder / STATE
         return torch.load(path, weights_only=False) if path.is_file() else None
 
-    def add(self, evaluation: Evaluation, state: dict[str, Any] | None = None) -> None:
-        """Saves the state the evaluation was taken at, then the evaluation (each atomically)."""
+    def add(
+        self,
+        evaluation: Evaluation,
+        state: dict[str, Any] | None = None,
+        results: list[PromptResult] | None = None,
+    ) -> None:
+        """Saves the state the evaluation was taken at and the first `SHOWN` images per prompt
+        of its `results`, then the evaluation (each atomically)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         if state is not None:
             _atomic(self.folder / STATE, lambda tmp: torch.save(state, tmp))
+        if results is not None:
+            images = np.stack([np.stack(r.images[:SHOWN]) for r in results])
+            path = self._images_path(evaluation.label)
+            path.parent.mkdir(exist_ok=True)
+            _atomic(path, lambda tmp: _save_npz(tmp, images))
         self.evaluations = [e for e in self.evaluations if e.label != evaluation.label]
         self.evaluations.append(evaluation)
         text = json.dumps([asdict(e) for e in self.evaluations], indent=1)
         _atomic(self.folder / EVALUATIONS, lambda tmp: tmp.write_text(text))
+
+    def images(self, label: str) -> np.ndarray | None:
+        """The saved images of evaluation `label`, (prompts, SHOWN, H, W, 3) uint8 (None: not
+        saved)."""
+        path = self._images_path(label)
+        return np.load(path)["images"] if path.is_file() else None
+
+    def _images_path(self, label: str) -> Path:
+        return self.folder / IMAGES / (re.sub(r"\W+", "_", label).strip("_") + ".npz")
 
     @property
     def elapsed_s(self) -> float:
@@ -132,3 +157,8 @@ def _atomic(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
+
+
+def _save_npz(path: Path, images: np.ndarray) -> None:
+    with path.open("wb") as f:  # a file, not a name: numpy would append ".npz" to the name
+        np.savez_compressed(f, images=images)

@@ -49,7 +49,7 @@ Runner = Callable[[Bench, Cell, int], None]
 
 def run_base(bench: Bench, cell: Cell, budget: int) -> None:
     costs = {"budget": 0, "train_nfe": 0, "inference_nfe": bench.calls, "wall_s": 0.0}
-    cell.add(Evaluation.of("N(0, I)", bench.base, **costs, kl=0.0))
+    cell.add(Evaluation.of("N(0, I)", bench.base, **costs, kl=0.0), results=bench.base)
 
 
 def run_find(bench: Bench, cell: Cell, budget: int) -> None:
@@ -79,7 +79,7 @@ def run_find(bench: Bench, cell: Cell, budget: int) -> None:
         kl = float(policy.kl_to_standard_normal(torch.arange(len(bench.prompts)), "sum").mean())
     costs = {"train_nfe": counter["train"], "inference_nfe": bench.calls, "wall_s": wall}
     evaluation = Evaluation.of(f"{budget} NFE", results, budget=budget, **costs, kl=kl)
-    cell.add(evaluation, _state(counter, wall, loop))
+    cell.add(evaluation, _state(counter, wall, loop), results)
 
 
 def _resume(cell: Cell, counter: NFECounter, trainer: Any) -> float:
@@ -117,6 +117,7 @@ def _train_lora(
     cell.add(
         Evaluation.of(f"{budget} NFE", results, budget=budget, **costs),
         _state(trainer.counter, wall, trainer),
+        results,
     )
 
 
@@ -171,7 +172,7 @@ def _optimise_eval_noise(
     for t in targets:
         costs = {"budget": 0, "train_nfe": 0, "wall_s": wall * t / targets[-1]}
         results = bench.results_of(torch.cat(snapshots[t]))
-        cell.add(Evaluation.of(f"{t} it", results, **costs, inference_nfe=nfe(t)))
+        cell.add(Evaluation.of(f"{t} it", results, **costs, inference_nfe=nfe(t)), results=results)
 
 
 def run_dno(bench: Bench, cell: Cell, budget: int) -> None:

@@ -1,4 +1,4 @@
-"""The bench's table (markdown) and its two-panel plot."""
+"""The bench's table (markdown), its two-panel plot and its before/after image figures."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import math
 from pathlib import Path
 
 from find_ray.bench.bench import Point
-from find_ray.bench.cells import Cell
+from find_ray.bench.cells import SHOWN, Cell
 from find_ray.bench.config import LINES
 from find_ray.bench.schedule import TRAINED, Tuning
-from find_ray.eval.report import ci_cell, fmt, md_table
+from find_ray.eval.report import ci_cell, fmt, md_table, score_labels
+from find_ray.images import image_grid, stack
 
 
 def markdown(points: list[Point], prompts: list[str], surrogate: dict) -> list[str]:
@@ -163,3 +164,39 @@ def _log_nfe_axis(ax, base: float | None, label: str) -> None:
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_ylabel(label)
     ax.legend(fontsize=8)
+
+
+def before_after(prompts: list[str], base: Cell, cell: Cell):
+    """Per prompt, the base's first eval images above the images from the same noise at
+    `cell`'s last point (largest budget, else most inference NFE), captioned with their scores
+    ("ok": an exact match); None when either has no saved images."""
+    (before,) = base.evaluations
+    after = max(cell.evaluations, key=lambda e: (e.budget, e.inference_nfe))
+    shown = [base.images(before.label), cell.images(after.label)]
+    if any(images is None for images in shown):
+        return None
+    blocks = []
+    for i, prompt in enumerate(prompts):
+        images, labels = [], []
+        for evaluation, saved in zip((before, after), shown, strict=True):
+            images += list(saved[i])
+            n = len(saved[i])
+            labels += score_labels(evaluation.scores[i][:n], evaluation.exact[i][:n])
+        title = f"{prompt}   (top: base; bottom: {cell.key.method}, {after.label})"
+        blocks.append(image_grid(images, labels, ncols=SHOWN, title=title))
+    return stack(blocks)
+
+
+def write_figures(out: Path, prompts: list[str], cells: dict[str, list[Cell]]) -> list[str]:
+    """images/<method>.png: `before_after` for each method's first seed with a cell; returns
+    the markdown lines that link them (none without figures)."""
+    links = []
+    for method, mine in cells.items():
+        figure = None if method == "base" else before_after(prompts, cells["base"][0], mine[0])
+        if figure is not None:
+            (out / "images").mkdir(exist_ok=True)
+            figure.save(out / "images" / f"{method}.png")
+            links.append(f"[{method}](images/{method}.png)")
+    if not links:
+        return []
+    return ["", f"Images, base above each method on the same eval noise: {', '.join(links)}."]
