@@ -81,13 +81,16 @@ def test_bench_runs_every_method_with_its_accounting(tiny_shapes_dir, tmp_path, 
         assert 40 <= points[0]["train_nfe"] < 100 + 200 and points[1]["train_nfe"] >= 100
         assert points[0]["inference_nfe"] == calls
     assert by_method["find"][0]["kl"] >= 0  # the policy's KL to N(0, I)
+    for method in ("find", "ddpo"):  # the reward of its own training samples, per point
+        assert all(0 <= p["train_reward"] <= 1 for p in by_method[method])
+    assert all(math.isfinite(p["train_reward"]) for p in by_method["drtune"])  # the surrogate's
     # FIND's final policy as the proposal of best-of-N: N x the calls, never worse than one
     proposal = by_method["find_best_of_n"]
     assert [p["inference_nfe"] for p in proposal] == [2 * calls, 4 * calls]
     assert by_method["find"][-1]["exact"] <= proposal[0]["exact"] <= proposal[1]["exact"]
     assert all(0 < p["quality"] <= 1 for p in by_method["find"] + by_method["base"])
     assert by_method["find"][-1]["shell"] == pytest.approx(1.0)  # projected (the default)
-    assert "quality change" in table.read_text()
+    assert "quality change" in table.read_text() and "Train reward: the mean" in table.read_text()
     pairs = {(r["method"], r["target"]) for r in data["reach"]}
     assert pairs == {("find", "ddpo"), ("ddpo", "find"), ("find", "drtune"), ("drtune", "find")}
     assert "Training NFE to reach a peer's best" in table.read_text()

@@ -56,6 +56,7 @@ def seeds_point(method: str, evaluations: list[Evaluation], base: Evaluation) ->
         diversity_ratio=_mean(ratios),
         kl=_mean([e.kl for e in evaluations]),
         shell=_mean([e.shell for e in evaluations]),
+        train_reward=_mean([e.train_reward for e in evaluations]),
         seeds=n,
         exact_gain_sd=float(np.std(per_seed, ddof=1)) if n > 1 else math.nan,
         **extra,

@@ -44,6 +44,7 @@ class Point:
     quality: float = math.nan  # the quality scorer's mean score (eval.quality)
     quality_gain: tuple[float, float, float] = (math.nan, math.nan, math.nan)
     shell: float = math.nan  # ||z_T||^2 / d of the eval noise, where the method draws it
+    train_reward: float = math.nan  # the training samples' mean reward (Evaluation.train_reward)
     seeds: int = 1  # training seeds behind the row (its figures are their mean)
     exact_gain_sd: float = math.nan  # spread (sd) of the exact gain across those seeds
 

@@ -47,6 +47,9 @@ class Evaluation:
     quality: list[list[float]] | None = None
     kl: float = math.nan  # of the noise distribution from N(0, I), where defined
     shell: float = math.nan  # mean ||z_T||^2 / d of the eval noise, where the method draws it
+    # the mean reward of the method's own training samples since the previous point, by the
+    # reward it trains on (its own sampler: FIND's policy, DDPO's eta = 1 chain, Flow-GRPO's SDE)
+    train_reward: float = math.nan
 
     @classmethod
     def of(cls, label: str, results: list[PromptResult], **costs: Any) -> Evaluation:

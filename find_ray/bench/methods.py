@@ -67,8 +67,9 @@ def run_find(bench: Bench, cell: Cell, budget: int) -> None:
     wall = _resume(cell, counter, loop)
     per_iteration = len(bench.prompts) * cfg.train.samples_per_prompt * bench.calls
     left = math.ceil(max(0, budget - counter["train"]) / per_iteration)
-    start = time.perf_counter()
-    for _ in _bar(loop if left else (), cell.key.name, left, bench.progress):
+    start, rewards = time.perf_counter(), []
+    for metrics in _bar(loop if left else (), cell.key.name, left, bench.progress):
+        rewards.append(metrics["reward_mean"])
         if counter["train"] >= budget:
             break
     wall += time.perf_counter() - start
@@ -78,6 +79,7 @@ def run_find(bench: Bench, cell: Cell, budget: int) -> None:
     with torch.no_grad():
         kl = float(policy.kl_to_standard_normal(torch.arange(len(bench.prompts)), "sum").mean())
     costs = {"train_nfe": counter["train"], "inference_nfe": bench.calls, "wall_s": wall}
+    costs["train_reward"] = _mean(rewards)
     evaluation = Evaluation.of(f"{budget} NFE", results, budget=budget, **costs, kl=kl)
     cell.add(evaluation, _state(counter, wall, loop), results)
 
@@ -102,18 +104,20 @@ def _train_lora(
 ) -> None:
     """Steps a LoRA trainer (DDPO, DRTune) on `backend`'s UNet from the cell's last state
     until its training NFE reaches `budget`, then evaluates the tuned pipeline."""
-    wall = _resume(cell, trainer.counter, trainer)
+    wall, rewards = _resume(cell, trainer.counter, trainer), []
     bar = _bar(None, cell.key.name, budget, bench.progress)
     bar.update(trainer.train_nfe)
     while trainer.train_nfe < budget:
         start, before = time.perf_counter(), trainer.train_nfe
-        getattr(trainer, step)()
+        info = getattr(trainer, step)()  # DDPO, Flow-GRPO: a dict; DRTune: a DRTuneInfo
         wall += time.perf_counter() - start
+        rewards.append(info["reward_mean"] if isinstance(info, dict) else info.reward)
         bar.update(trainer.train_nfe - before)
     bar.close()
     with trainer.counter.phase("eval"):
         results = bench.evaluate(backend)
     costs = {"train_nfe": trainer.train_nfe, "inference_nfe": bench.calls, "wall_s": wall}
+    costs["train_reward"] = _mean(rewards)
     cell.add(
         Evaluation.of(f"{budget} NFE", results, budget=budget, **costs),
         _state(trainer.counter, wall, trainer),
@@ -235,6 +239,11 @@ RUNNERS: dict[str, Runner] = {
     "flow_grpo": run_flow_grpo,
     "reno": run_reno,
 }
+
+
+def _mean(values: list[float]) -> float:
+    """NaN for none (a cell evaluated again at a budget it had reached trains no step)."""
+    return sum(values) / len(values) if values else math.nan
 
 
 def _bar(iterable, desc: str, total: int, progress: bool):

@@ -18,22 +18,31 @@ def markdown(points: list[Point], prompts: list[str], surrogate: dict) -> list[s
     its mean over `seeds` training seeds and their spread."""
     header = [
         *("method", "point", "seeds", "exact", "exact gain vs base [95 % CI]", "gain sd"),
-        *("score", "score gain [95 % CI]", "train NFE", "inference NFE / image", "wall s"),
+        *("score", "score gain [95 % CI]", "train reward", "train NFE", "inference NFE / image"),
+        "wall s",
         *("KL to N(0, I)", "diversity ratio", "quality", "quality change [95 % CI]"),
         "‖z_T‖² / d",
     ]
     rows = [
         [
             *(p.method, p.label, p.seeds, fmt(p.exact), ci_cell(*p.exact_gain)),
-            *(fmt(p.exact_gain_sd), f"{p.score:.3f}", ci_cell(*p.score_gain), p.train_nfe),
-            *(f"{p.inference_nfe:.0f}", f"{p.wall_s:.0f}", fmt(p.kl, ".3g")),
+            *(fmt(p.exact_gain_sd), f"{p.score:.3f}", ci_cell(*p.score_gain)),
+            *(fmt(p.train_reward), p.train_nfe, f"{p.inference_nfe:.0f}", f"{p.wall_s:.0f}"),
+            fmt(p.kl, ".3g"),
             *(fmt(p.diversity_ratio, ".2f"), fmt(p.quality, ".4f")),
             *(ci_cell(*p.quality_gain, "+.4f"), fmt(p.shell)),
         ]
         for p in points
     ]
     lines = [f"Prompts ({len(prompts)}): " + "; ".join(prompts), ""]
-    lines += md_table(header, rows, "llrrlrrlrrrrrrlr")
+    lines += md_table(header, rows, "llrrlrrlrrrrrrrlr")
+    if any(math.isfinite(p.train_reward) for p in points):
+        lines += [
+            "",
+            "Train reward: the mean reward of a method's own training samples since its previous "
+            "point (FIND's policy draws, DDPO's η = 1 chain, Flow-GRPO's SDE; DRTune's is the "
+            "surrogate's), beside the score of the deterministic eval samples.",
+        ]
     held = surrogate.get("heldout")
     if held:
         lines += [
