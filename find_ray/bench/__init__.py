@@ -87,11 +87,12 @@ def write_results(cfg: BenchConfig, tuning: Tuning) -> Path:
     writes the rows it has)."""
     out = Path(cfg.bench.out_dir)
     bench, cells = Bench(cfg, progress=False), main_cells(cfg, tuning)
-    points, reaches = [], []
+    points, reaches, figures = [], [], []
     if "base" in cells:
         (base,) = cells["base"][0].evaluations
         points = table_points(cells, base, cfg.bench.best_of, seed=cfg.bench.surrogate.seed)
         reaches = [r for a, b in reach_pairs(TRAINED) if (r := reach(cells, a, b, base))]
+        figures = write_figures(out, bench.prompts, cells)
     surrogate = bench.surrogate_report()
     write_json(
         out / "bench.json",
@@ -107,9 +108,7 @@ def write_results(cfg: BenchConfig, tuning: Tuning) -> Path:
     if points:
         budgets = {e.budget for mine in cells.values() for c in mine for e in c.evaluations}
         plot(points, out / "bench.png", sorted(budgets - {0}))
-    lines = markdown(points, bench.prompts, surrogate)
-    if "base" in cells:
-        lines += write_figures(out, bench.prompts, cells)
+    lines = markdown(points, bench.prompts, surrogate) + figures
     if reaches:
         lines += ["", *reach_table(reaches)]
     if tuning.rows:

@@ -16,16 +16,11 @@ import numpy as np
 
 from find_ray.bench.bench import Point
 from find_ray.bench.cells import Cell, Evaluation
-from find_ray.eval.stats import expected_best_of, paired_bootstrap_ci
+from find_ray.eval.stats import expected_best_of, finite_mean, paired_bootstrap_ci
 
 
 def _stacked(evaluations: list[Evaluation], name: str) -> np.ndarray:
     return np.concatenate([e.array(name) for e in evaluations])
-
-
-def _mean(values: list[float]) -> float:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.mean(finite)) if finite else math.nan
 
 
 def seeds_point(method: str, evaluations: list[Evaluation], base: Evaluation) -> Point:
@@ -48,15 +43,15 @@ def seeds_point(method: str, evaluations: list[Evaluation], base: Evaluation) ->
         label=first.label,
         train_nfe=int(np.mean([e.train_nfe for e in evaluations])),
         inference_nfe=first.inference_nfe,
-        wall_s=_mean([e.wall_s for e in evaluations]),
+        wall_s=finite_mean([e.wall_s for e in evaluations]),
         exact=float(exact.mean()),
         exact_gain=paired_bootstrap_ci(base_exact, exact),
         score=float(scores.mean()),
         score_gain=paired_bootstrap_ci(base_scores, scores),
-        diversity_ratio=_mean(ratios),
-        kl=_mean([e.kl for e in evaluations]),
-        shell=_mean([e.shell for e in evaluations]),
-        train_reward=_mean([e.train_reward for e in evaluations]),
+        diversity_ratio=finite_mean(ratios),
+        kl=finite_mean([e.kl for e in evaluations]),
+        shell=finite_mean([e.shell for e in evaluations]),
+        train_reward=finite_mean([e.train_reward for e in evaluations]),
         seeds=n,
         exact_gain_sd=float(np.std(per_seed, ddof=1)) if n > 1 else math.nan,
         **extra,
@@ -92,7 +87,7 @@ def best_of_points(
                 label=f"N={n}",
                 train_nfe=int(np.mean([v.train_nfe for v in evaluations])),
                 inference_nfe=n * first.inference_nfe,
-                wall_s=_mean([v.wall_s for v in evaluations]),
+                wall_s=finite_mean([v.wall_s for v in evaluations]),
                 exact=e,
                 exact_gain=(e - base_exact, float(low), float(high)),
                 score=s,

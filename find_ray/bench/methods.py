@@ -41,6 +41,7 @@ from find_ray.bench.bench import Bench
 from find_ray.bench.cells import Cell, Evaluation
 from find_ray.config import FindRayConfig, load_config
 from find_ray.eval.evaluate import policy_transform
+from find_ray.eval.stats import finite_mean
 
 # A runner advances a cell to a training-NFE budget and adds its evaluation there (trained
 # methods), or runs the whole cell at once (inference-time methods: budget 0).
@@ -69,7 +70,7 @@ def run_find(bench: Bench, cell: Cell, budget: int) -> None:
     left = math.ceil(max(0, budget - counter["train"]) / per_iteration)
     start, rewards = time.perf_counter(), []
     for metrics in _bar(loop if left else (), cell.key.name, left, bench.progress):
-        rewards.append(metrics["reward_mean"])
+        rewards.append(metrics.get("reward_mean"))  # none when every rollout was dropped
         if counter["train"] >= budget:
             break
     wall += time.perf_counter() - start
@@ -79,7 +80,7 @@ def run_find(bench: Bench, cell: Cell, budget: int) -> None:
     with torch.no_grad():
         kl = float(policy.kl_to_standard_normal(torch.arange(len(bench.prompts)), "sum").mean())
     costs = {"train_nfe": counter["train"], "inference_nfe": bench.calls, "wall_s": wall}
-    costs["train_reward"] = _mean(rewards)
+    costs["train_reward"] = finite_mean(rewards)
     evaluation = Evaluation.of(f"{budget} NFE", results, budget=budget, **costs, kl=kl)
     cell.add(evaluation, _state(counter, wall, loop), results)
 
@@ -100,24 +101,24 @@ def _state(counter: NFECounter, wall_s: float, trainer: Any) -> dict[str, Any]:
 
 
 def _train_lora(
-    bench: Bench, cell: Cell, budget: int, backend: Any, trainer: Any, step: str
+    bench: Bench, cell: Cell, budget: int, backend: Any, trainer: Any, step: Callable[[], float]
 ) -> None:
-    """Steps a LoRA trainer (DDPO, DRTune) on `backend`'s UNet from the cell's last state
-    until its training NFE reaches `budget`, then evaluates the tuned pipeline."""
+    """Steps a LoRA trainer (DDPO, DRTune, Flow-GRPO) on `backend`'s UNet from the cell's last
+    state until its training NFE reaches `budget`, then evaluates the tuned pipeline. `step`
+    runs one training step and returns its training samples' mean reward."""
     wall, rewards = _resume(cell, trainer.counter, trainer), []
     bar = _bar(None, cell.key.name, budget, bench.progress)
     bar.update(trainer.train_nfe)
     while trainer.train_nfe < budget:
         start, before = time.perf_counter(), trainer.train_nfe
-        info = getattr(trainer, step)()  # DDPO, Flow-GRPO: a dict; DRTune: a DRTuneInfo
+        rewards.append(step())
         wall += time.perf_counter() - start
-        rewards.append(info["reward_mean"] if isinstance(info, dict) else info.reward)
         bar.update(trainer.train_nfe - before)
     bar.close()
     with trainer.counter.phase("eval"):
         results = bench.evaluate(backend)
     costs = {"train_nfe": trainer.train_nfe, "inference_nfe": bench.calls, "wall_s": wall}
-    costs["train_reward"] = _mean(rewards)
+    costs["train_reward"] = finite_mean(rewards)
     cell.add(
         Evaluation.of(f"{budget} NFE", results, budget=budget, **costs),
         _state(trainer.counter, wall, trainer),
@@ -129,7 +130,7 @@ def run_ddpo(bench: Bench, cell: Cell, budget: int) -> None:
     m, cfg, backend = bench.cfg.model, bench.settings.ddpo, bench.backend()
     chain = DenoisingChain(backend.pipe, m.steps, m.guidance, cfg.eta)
     trainer = DDPOTrainer(chain, bench.scores, bench.prompts, cfg, cell.key.seed)
-    _train_lora(bench, cell, budget, backend, trainer, "epoch")
+    _train_lora(bench, cell, budget, backend, trainer, lambda: trainer.epoch()["reward_mean"])
 
 
 def run_drtune(bench: Bench, cell: Cell, budget: int) -> None:
@@ -137,14 +138,14 @@ def run_drtune(bench: Bench, cell: Cell, budget: int) -> None:
     chain = DenoisingChain(backend.pipe, m.steps, m.guidance, cfg.eta)
     reward = bench.differentiable_reward()
     trainer = DRTuneTrainer(chain, reward, bench.prompts, cfg, cell.key.seed)
-    _train_lora(bench, cell, budget, backend, trainer, "step")
+    _train_lora(bench, cell, budget, backend, trainer, lambda: trainer.step().reward)
 
 
 def run_flow_grpo(bench: Bench, cell: Cell, budget: int) -> None:
     cfg, backend = bench.settings.flow_grpo, bench.backend()
     chain = bench.chain(backend.pipe, cfg.noise_level)
     trainer = FlowGRPOTrainer(chain, bench.scores, bench.prompts, config=cfg, seed=cell.key.seed)
-    _train_lora(bench, cell, budget, backend, trainer, "epoch")
+    _train_lora(bench, cell, budget, backend, trainer, lambda: trainer.epoch()["reward_mean"])
 
 
 def _optimise_eval_noise(
@@ -239,11 +240,6 @@ RUNNERS: dict[str, Runner] = {
     "flow_grpo": run_flow_grpo,
     "reno": run_reno,
 }
-
-
-def _mean(values: list[float]) -> float:
-    """NaN for none (a cell evaluated again at a budget it had reached trains no step)."""
-    return sum(values) / len(values) if values else math.nan
 
 
 def _bar(iterable, desc: str, total: int, progress: bool):

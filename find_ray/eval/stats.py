@@ -1,11 +1,18 @@
-"""Paired bootstrap confidence intervals for before/after comparisons on the same seeds, and
-the expected best-of-N of a pool of scores."""
+"""Paired bootstrap confidence intervals for before/after comparisons on the same seeds, the
+expected best-of-N of a pool of scores, and the mean of the finite values of a list."""
 
 from __future__ import annotations
 
+import math
 from math import comb
 
 import numpy as np
+
+
+def finite_mean(values: list[float | None]) -> float:
+    """The mean of the finite values (NaN when there are none)."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
 
 
 def paired_bootstrap_ci(

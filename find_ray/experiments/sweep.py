@@ -36,10 +36,9 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
 from find_ray.config import load_config
 from find_ray.eval.report import ci_cell, fmt, md_table, publish, write_json
+from find_ray.eval.stats import finite_mean
 from find_ray.runs.folder import finished_with
 from find_ray.runs.in_process import train_in_process
 
@@ -79,8 +78,7 @@ def cell_row(factor: str, method: str, run_dir: Path, overrides: list[str]) -> d
     logged = scalars(run_dir)
 
     def mean_of(tag: str) -> float:
-        values = [v for v in logged.get(tag, []) if np.isfinite(v)]
-        return float(np.mean(values)) if values else float("nan")
+        return finite_mean(logged.get(tag, []))
 
     raw, calibrated = mean_of("adv_var_raw"), mean_of("adv_var_calibrated")
     return {
