@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from find_ray.bench import config as bench_config
@@ -415,6 +416,22 @@ def test_a_row_is_the_mean_over_seeds_with_their_spread():
     assert one.inference_nfe == 8 and two.inference_nfe == 16
     # rows with an exact sample among 4 draw it for sure at N = 4: every row here has one
     assert two.exact == pytest.approx(1.0) and point.exact <= one.exact <= two.exact
+
+
+def test_a_rows_ci_counts_each_prompt_once_however_many_seeds_ran_it():
+    """Seeds share the eval noise: a second seed identical to the first adds no evidence, so
+    it leaves the CI as it was (stacking the seeds as more prompts would narrow it)."""
+    from find_ray.bench.aggregate import seeds_point
+    from find_ray.eval.stats import paired_bootstrap_ci
+
+    base = evaluation("N(0, I)", [[0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0]])
+    seed0 = evaluation("40 NFE", [[1, 0, 1, 0], [0, 1, 0, 0], [1, 1, 1, 1]], 40)
+    seed1 = evaluation("40 NFE", [[1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 1]], 40)
+    one, twice = seeds_point("find", [seed0], base), seeds_point("find", [seed0, seed0], base)
+    assert twice.exact_gain == one.exact_gain and twice.score_gain == one.score_gain
+    mean = (np.array(seed0.exact) + np.array(seed1.exact)) / 2  # each eval noise over the seeds
+    two = seeds_point("find", [seed0, seed1], base)
+    assert two.exact_gain == paired_bootstrap_ci(np.array(base.exact), mean)
 
 
 def test_a_method_still_rising_gets_four_times_the_budget_until_it_plateaus():

@@ -1,8 +1,9 @@
 """From cells to the table's rows: a method's evaluations at one point over its training seeds,
 paired with the base on the same eval noise.
 
-A row's mean is over seeds; its CI resamples each (seed, prompt) stratum's paired samples (the
-eval noise's uncertainty with every seed's samples), and `exact_gain_sd` is the spread of the
+A row's mean is over seeds. Every seed is scored on the same eval noise, so its CI pairs each
+eval noise's mean over the seeds with the base's sample there and resamples prompts, then their
+samples (a prompt counts once however many seeds ran it); `exact_gain_sd` is the spread of the
 per-seed gains (what another training seed would change). Best-of-N rows are the exact order
 statistic of N draws from a pool of eval samples: the base's, and FIND's at its largest budget.
 """
@@ -23,20 +24,22 @@ def _stacked(evaluations: list[Evaluation], name: str) -> np.ndarray:
     return np.concatenate([e.array(name) for e in evaluations])
 
 
+def seed_mean(evaluations: list[Evaluation], name: str) -> np.ndarray:
+    """(prompts, samples): each eval noise's `name` averaged over the seeds' evaluations."""
+    return np.mean([e.array(name) for e in evaluations], axis=0)
+
+
 def seeds_point(method: str, evaluations: list[Evaluation], base: Evaluation) -> Point:
     """One row: `evaluations` (the same label, one per seed) against the base."""
     n = len(evaluations)
-    exact, scores = _stacked(evaluations, "exact"), _stacked(evaluations, "scores")
-    base_exact, base_scores = (np.concatenate([base.array(k)] * n) for k in ("exact", "scores"))
+    exact, scores = seed_mean(evaluations, "exact"), seed_mean(evaluations, "scores")
     per_seed = [e.array("exact").mean() - base.array("exact").mean() for e in evaluations]
     ratios = [d / b for e in evaluations for d, b in zip(e.diversity, base.diversity, strict=True)]
     extra = {}
     if base.quality is not None and all(e.quality is not None for e in evaluations):
-        quality = _stacked(evaluations, "quality")
+        quality = seed_mean(evaluations, "quality")
         extra["quality"] = float(quality.mean())
-        extra["quality_gain"] = paired_bootstrap_ci(
-            np.concatenate([base.array("quality")] * n), quality
-        )
+        extra["quality_gain"] = paired_bootstrap_ci(base.array("quality"), quality)
     first = evaluations[0]
     return Point(
         method=method,
@@ -45,9 +48,9 @@ def seeds_point(method: str, evaluations: list[Evaluation], base: Evaluation) ->
         inference_nfe=first.inference_nfe,
         wall_s=finite_mean([e.wall_s for e in evaluations]),
         exact=float(exact.mean()),
-        exact_gain=paired_bootstrap_ci(base_exact, exact),
+        exact_gain=paired_bootstrap_ci(base.array("exact"), exact),
         score=float(scores.mean()),
-        score_gain=paired_bootstrap_ci(base_scores, scores),
+        score_gain=paired_bootstrap_ci(base.array("scores"), scores),
         diversity_ratio=finite_mean(ratios),
         kl=finite_mean([e.kl for e in evaluations]),
         shell=finite_mean([e.shell for e in evaluations]),

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from find_ray.bench.aggregate import by_label
+from find_ray.bench.aggregate import by_label, seed_mean
 from find_ray.bench.cells import Cell, Evaluation
 from find_ray.eval.report import ci_cell, md_table
 from find_ray.eval.stats import paired_bootstrap_ci
@@ -48,14 +48,10 @@ def _trained(cells: list[Cell]) -> list[tuple[str, list[Evaluation], np.ndarray]
     """(label, evaluations, per-sample exact match averaged over the seeds that reached it)
     per training budget, in budget order."""
     return [
-        (f"{label} ({len(group)} seed{'s' * (len(group) > 1)})", group, _seed_mean(group))
+        (f"{label} ({len(group)} seed{'s' * (len(group) > 1)})", group, seed_mean(group, "exact"))
         for label, group in by_label(cells).items()
         if group[0].budget > 0
     ]
-
-
-def _seed_mean(group: list[Evaluation]) -> np.ndarray:
-    return np.mean([e.array("exact") for e in group], axis=0)
 
 
 def reach(cells: dict[str, list[Cell]], method: str, target: str, base: Evaluation) -> Reach | None:
