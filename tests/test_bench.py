@@ -489,3 +489,23 @@ def test_the_flow_bench_runs_flow_grpo_dno_and_reno_on_a_tiny_flow_model(tmp_pat
     assert by_method["flow_grpo"][-1]["train_nfe"] >= 100
     assert [p["inference_nfe"] for p in by_method["reno"]] == [1 * calls, 2 * calls]
     assert [p["inference_nfe"] for p in by_method["dno"]] == [2 * calls + calls, 4 * calls + calls]
+
+
+def test_a_sampler_knob_is_paired_with_the_bench_base(tiny_shapes_dir, tmp_path, monkeypatch):
+    from find_ray.bench.bench import Bench
+    from find_ray.experiments import sampler_knobs
+
+    out = tmp_path / "bench"
+    overrides = tiny_bench(tiny_shapes_dir, out)
+    run_bench(load_bench_config(None, overrides), ["base"], progress=False)
+    argv = ["--knob", "model.guidance=1.5", "--knob", "model.steps=3", *overrides]
+    sampler_knobs.main(argv)
+    benched, same, steps3 = json.loads((out / "knobs" / "knobs.json").read_text())["points"]
+    assert same["label"] == "model.guidance=1.5" and steps3["label"] == "model.steps=3"
+    # the bench's own setting again: the same eval noise gives the same samples, a gain of 0
+    assert same["quality"] == benched["quality"] and same["quality_gain"] == [0.0, 0.0, 0.0]
+    assert same["exact_gain"] == [0.0, 0.0, 0.0] and steps3["quality"] != benched["quality"]
+    assert (steps3["inference_nfe"], benched["inference_nfe"]) == (6, 4)  # CFG: 2 calls a step
+    assert "| model.steps=3 | 6 |" in (out / "knobs" / "knobs.md").read_text()
+    monkeypatch.setattr(Bench, "evaluate", lambda *_: pytest.fail("a saved knob ran again"))
+    sampler_knobs.main(argv)
