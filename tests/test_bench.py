@@ -509,3 +509,5 @@ def test_a_sampler_knob_is_paired_with_the_bench_base(tiny_shapes_dir, tmp_path,
     assert "| model.steps=3 | 6 |" in (out / "knobs" / "knobs.md").read_text()
     monkeypatch.setattr(Bench, "evaluate", lambda *_: pytest.fail("a saved knob ran again"))
     sampler_knobs.main(argv)
+    with pytest.raises(ConfigError, match="bench.eval_samples"):  # not the saved bench's noise
+        sampler_knobs.main([*argv, "bench.eval_samples=8"])

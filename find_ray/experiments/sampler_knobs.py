@@ -19,10 +19,11 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from find_ray.bench import load_bench_config
+from find_ray.bench import BenchConfig, load_bench_config
 from find_ray.bench.aggregate import seeds_point
 from find_ray.bench.bench import Bench, Point
 from find_ray.bench.cells import Cell, CellKey, Evaluation
+from find_ray.bench.schedule import check_same_bench, seeds_of
 from find_ray.errors import ConfigError
 from find_ray.eval.report import ci_cell, md_table, publish, write_json
 
@@ -40,9 +41,12 @@ def knob_evaluation(config: str | None, overrides: list[str], knob: str, root: P
     return cell.evaluations[0]
 
 
-def saved_base(out: Path) -> Evaluation:
-    """The bench's own base evaluation (run `find-ray bench` first)."""
-    cell = Cell.open(out / "cells", CellKey("base", 0))
+def saved_base(cfg: BenchConfig) -> Evaluation:
+    """The bench's own base evaluation (run `find-ray bench` first), refused if the bench there
+    ran under other eval settings than `cfg`'s."""
+    out = Path(cfg.bench.out_dir)
+    check_same_bench(cfg, out)
+    cell = Cell.open(out / "cells", CellKey("base", seeds_of(cfg.bench, "base")[0]))
     if not cell.evaluations:
         raise ConfigError(f"no base evaluation in {cell.folder}: run `find-ray bench` first")
     return cell.evaluations[0]
@@ -66,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = load_bench_config(args.config, args.overrides)
     out = Path(cfg.bench.out_dir)
-    base = saved_base(out)
+    base = saved_base(cfg)
     root = out / "knobs" / "cells"
     knobs = [knob_evaluation(args.config, args.overrides, k, root) for k in args.knob]
     m = cfg.model
