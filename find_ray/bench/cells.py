@@ -142,7 +142,7 @@ class Cell:
         return np.load(path)["images"] if path.is_file() else None
 
     def _images_path(self, label: str) -> Path:
-        return self.folder / IMAGES / (re.sub(r"\W+", "_", label).strip("_") + ".npz")
+        return self.folder / IMAGES / f"{slug(label)}.npz"
 
     @property
     def elapsed_s(self) -> float:
@@ -154,6 +154,11 @@ class Cell:
         self.folder.mkdir(parents=True, exist_ok=True)
         text = json.dumps({"elapsed_s": self.elapsed_s + seconds})
         _atomic(self.folder / ELAPSED, lambda tmp: tmp.write_text(text))
+
+
+def slug(text: str) -> str:
+    """`text` as a file or folder name: each run of non-word characters becomes one `_`."""
+    return re.sub(r"\W+", "_", text).strip("_")
 
 
 def _atomic(path: Path, write) -> None:

@@ -14,7 +14,6 @@ writes knobs.{json,md} there.
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 from find_ray.bench import BenchConfig, load_bench_config
 from find_ray.bench.aggregate import seeds_point
 from find_ray.bench.bench import Bench, Point
-from find_ray.bench.cells import Cell, CellKey, Evaluation
+from find_ray.bench.cells import Cell, CellKey, Evaluation, slug
 from find_ray.bench.schedule import check_same_bench, seeds_of
 from find_ray.errors import ConfigError
 from find_ray.eval.report import ci_cell, md_table, publish, write_json
@@ -30,7 +29,7 @@ from find_ray.eval.report import ci_cell, md_table, publish, write_json
 
 def knob_evaluation(config: str | None, overrides: list[str], knob: str, root: Path) -> Evaluation:
     """The base's evaluation with `knob` (a `key=value` override) set; saved under `root`."""
-    cell = Cell.open(root, CellKey("base", 0, (("knob", re.sub(r"\W+", "_", knob)),)))
+    cell = Cell.open(root, CellKey("base", 0, (("knob", slug(knob)),)))
     if not cell.evaluations:
         bench = Bench(load_bench_config(config, [*overrides, knob]))
         began = time.perf_counter()
@@ -41,10 +40,9 @@ def knob_evaluation(config: str | None, overrides: list[str], knob: str, root: P
     return cell.evaluations[0]
 
 
-def saved_base(cfg: BenchConfig) -> Evaluation:
-    """The bench's own base evaluation (run `find-ray bench` first), refused if the bench there
-    ran under other eval settings than `cfg`'s."""
-    out = Path(cfg.bench.out_dir)
+def saved_base(cfg: BenchConfig, out: Path) -> Evaluation:
+    """The bench's own base evaluation in `out` (run `find-ray bench` first), refused if the
+    bench there ran under other eval settings than `cfg`'s."""
     check_same_bench(cfg, out)
     cell = Cell.open(out / "cells", CellKey("base", seeds_of(cfg.bench, "base")[0]))
     if not cell.evaluations:
@@ -70,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = load_bench_config(args.config, args.overrides)
     out = Path(cfg.bench.out_dir)
-    base = saved_base(cfg)
+    base = saved_base(cfg, out)
     root = out / "knobs" / "cells"
     knobs = [knob_evaluation(args.config, args.overrides, k, root) for k in args.knob]
     m = cfg.model
