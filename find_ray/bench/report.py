@@ -135,7 +135,7 @@ def plot(points: list[Point], path: Path, budgets: list[int] = ()) -> None:
         train_ax.set_xticks(budgets, [f"{b / 1000:g}k" for b in budgets])
     train_ax.set(
         xlabel="training NFE",
-        title="Training budget (bars: 95 % CI; band: ± sd over seeds)",
+        title="Training budget\n(bars: the gain's paired 95 % CI; band: ± sd over seeds)",
     )
     infer_ax.set(xlabel="inference NFE per image", title="Inference budget")
     fig.tight_layout()
