@@ -498,14 +498,17 @@ def test_a_sampler_knob_is_paired_with_the_bench_base(tiny_shapes_dir, tmp_path,
     out = tmp_path / "bench"
     overrides = tiny_bench(tiny_shapes_dir, out)
     run_bench(load_bench_config(None, overrides), ["base"], progress=False)
-    argv = ["--knob", "model.guidance=1.5", "--knob", "model.steps=3", *overrides]
+    both = "model.steps=3 model.guidance=1.5"  # two overrides together; the second is the bench's
+    argv = ["--knob", "model.guidance=1.5", "--knob", "model.steps=3", "--knob", both, *overrides]
     sampler_knobs.main(argv)
-    benched, same, steps3 = json.loads((out / "knobs" / "knobs.json").read_text())["points"]
+    points = json.loads((out / "knobs" / "knobs.json").read_text())["points"]
+    benched, same, steps3, together = points
     assert same["label"] == "model.guidance=1.5" and steps3["label"] == "model.steps=3"
     # the bench's own setting again: the same eval noise gives the same samples, a gain of 0
     assert same["quality"] == benched["quality"] and same["quality_gain"] == [0.0, 0.0, 0.0]
     assert same["exact_gain"] == [0.0, 0.0, 0.0] and steps3["quality"] != benched["quality"]
     assert (steps3["inference_nfe"], benched["inference_nfe"]) == (6, 4)  # CFG: 2 calls a step
+    assert together["label"] == both and together["quality"] == steps3["quality"]
     assert "| model.steps=3 | 6 |" in (out / "knobs" / "knobs.md").read_text()
     monkeypatch.setattr(Bench, "evaluate", lambda *_: pytest.fail("a saved knob ran again"))
     sampler_knobs.main(argv)

@@ -7,7 +7,8 @@ and eval noise and paired with the bench's saved base (a knob that changes nothi
     python benchmarks/sampler_knobs.py --config configs/bench-shapes.yaml --knob model.steps=20 \
         --knob model.guidance=1.5 --knob model.guidance=2.0 --knob model.guidance=3.0
 
-Each knob's evaluation is saved as a cell under <bench.out_dir>/knobs/ (a rerun reuses it);
+A knob of several space-separated overrides (--knob "model.steps=12 model.guidance=2.0") sets them
+together. Each knob's evaluation is saved as a cell under <bench.out_dir>/knobs/ (a rerun reuses it);
 writes knobs.{json,md} there.
 """
 
@@ -28,10 +29,11 @@ from find_ray.eval.report import ci_cell, md_table, publish, write_json
 
 
 def knob_evaluation(config: str | None, overrides: list[str], knob: str, root: Path) -> Evaluation:
-    """The base's evaluation with `knob` (a `key=value` override) set; saved under `root`."""
+    """The base's evaluation with `knob` (one or more space-separated `key=value` overrides) set;
+    saved under `root`."""
     cell = Cell.open(root, CellKey("base", 0, (("knob", slug(knob)),)))
     if not cell.evaluations:
-        bench = Bench(load_bench_config(config, [*overrides, knob]))
+        bench = Bench(load_bench_config(config, [*overrides, *knob.split()]))
         began = time.perf_counter()
         results = bench.base
         cell.add_elapsed(time.perf_counter() - began)
@@ -63,7 +65,7 @@ def knob_rows(points: list[Point]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="the bench's YAML config (default: built-in defaults)")
-    parser.add_argument("--knob", action="append", required=True, help="a key=value to try")
+    parser.add_argument("--knob", action="append", required=True, help="a key=value to try (several, space-separated: tried together)")
     parser.add_argument("overrides", nargs="*", help="the bench's config overrides")
     args = parser.parse_args(argv)
     cfg = load_bench_config(args.config, args.overrides)
