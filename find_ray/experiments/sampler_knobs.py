@@ -7,9 +7,9 @@ and eval noise and paired with the bench's saved base (a knob that changes nothi
     python benchmarks/sampler_knobs.py --config configs/bench-shapes.yaml --knob model.steps=20 \
         --knob model.guidance=1.5 --knob model.guidance=2.0 --knob model.guidance=3.0
 
-A knob of several space-separated overrides (--knob "model.steps=12 model.guidance=2.0") sets them
-together. Each knob's evaluation is saved as a cell under <bench.out_dir>/knobs/ (a rerun reuses it);
-writes knobs.{json,md} there.
+A knob of several space-separated overrides (--knob "model.steps=12 model.guidance=2.0") sets
+them together. Each knob's evaluation is saved as a cell under <bench.out_dir>/knobs/ (a rerun
+reuses it); writes knobs.{json,md} there.
 """
 
 from __future__ import annotations
@@ -65,7 +65,12 @@ def knob_rows(points: list[Point]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="the bench's YAML config (default: built-in defaults)")
-    parser.add_argument("--knob", action="append", required=True, help="a key=value to try (several, space-separated: tried together)")
+    parser.add_argument(
+        "--knob",
+        action="append",
+        required=True,
+        help="key=value to try (space-separated: together)",
+    )
     parser.add_argument("overrides", nargs="*", help="the bench's config overrides")
     args = parser.parse_args(argv)
     cfg = load_bench_config(args.config, args.overrides)
