@@ -493,6 +493,7 @@ def test_the_flow_bench_runs_flow_grpo_dno_and_reno_on_a_tiny_flow_model(tmp_pat
 
 def test_a_sampler_knob_is_paired_with_the_bench_base(tiny_shapes_dir, tmp_path, monkeypatch):
     from find_ray.bench.bench import Bench
+    from find_ray.bench.report import knob_points
     from find_ray.experiments import sampler_knobs
 
     out = tmp_path / "bench"
@@ -500,6 +501,8 @@ def test_a_sampler_knob_is_paired_with_the_bench_base(tiny_shapes_dir, tmp_path,
     run_bench(load_bench_config(None, overrides), ["base"], progress=False)
     both = "model.steps=3 model.guidance=1.5"  # two overrides together; the second is the bench's
     argv = ["--knob", "model.guidance=1.5", "--knob", "model.steps=3", "--knob", both, *overrides]
+    drawn = []  # the knobs the bench's plot is redrawn with
+    monkeypatch.setattr("find_ray.bench.plot", lambda *a: drawn.append([p.label for p in a[3]]))
     sampler_knobs.main(argv)
     points = json.loads((out / "knobs" / "knobs.json").read_text())["points"]
     benched, same, steps3, together = points
@@ -509,6 +512,9 @@ def test_a_sampler_knob_is_paired_with_the_bench_base(tiny_shapes_dir, tmp_path,
     assert same["exact_gain"] == [0.0, 0.0, 0.0] and steps3["quality"] != benched["quality"]
     assert (steps3["inference_nfe"], benched["inference_nfe"]) == (6, 4)  # CFG: 2 calls a step
     assert together["label"] == both and together["quality"] == steps3["quality"]
+    assert (
+        drawn == [[p.label for p in knob_points(out)]] == [[same["label"], "model.steps=3", both]]
+    )
     assert "| model.steps=3 | 6 |" in (out / "knobs" / "knobs.md").read_text()
     monkeypatch.setattr(Bench, "evaluate", lambda *_: pytest.fail("a saved knob ran again"))
     sampler_knobs.main(argv)

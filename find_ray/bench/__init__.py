@@ -16,7 +16,14 @@ from find_ray.bench.bench import Bench
 from find_ray.bench.cells import Cell, CellKey
 from find_ray.bench.config import BenchConfig, load_bench_config
 from find_ray.bench.reach import reach, reach_pairs, reach_table
-from find_ray.bench.report import cells_table, markdown, plot, tuning_table, write_figures
+from find_ray.bench.report import (
+    cells_table,
+    knob_points,
+    markdown,
+    plot,
+    tuning_table,
+    write_figures,
+)
 from find_ray.bench.schedule import (
     TRAINED,
     Allowance,
@@ -107,7 +114,7 @@ def write_results(cfg: BenchConfig, tuning: Tuning) -> Path:
     )
     if points:
         budgets = {e.budget for mine in cells.values() for c in mine for e in c.evaluations}
-        plot(points, out / "bench.png", sorted(budgets - {0}))
+        plot(points, out / "bench.png", sorted(budgets - {0}), knob_points(out))
     lines = markdown(points, bench.prompts, surrogate) + figures
     if reaches:
         lines += ["", *reach_table(reaches)]

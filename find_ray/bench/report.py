@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -93,10 +94,19 @@ def headline(points: list[Point]) -> str:
     return "exact" if all(math.isfinite(p.exact) for p in points) else "score"
 
 
-def plot(points: list[Point], path: Path, budgets: list[int] = ()) -> None:
+def knob_points(out: Path) -> list[Point]:
+    """The base under other sampler settings, as `benchmarks/sampler_knobs.py` saved them in
+    `out`/knobs/knobs.json (without its first row, the bench's own setting); [] if none."""
+    path = out / "knobs" / "knobs.json"
+    if not path.is_file():
+        return []
+    return [Point(**p) for p in json.loads(path.read_text())["points"][1:]]
+
+
+def plot(points: list[Point], path: Path, budgets: list[int] = (), knobs: list[Point] = ()) -> None:
     """The headline metric against training NFE (trained methods, ticks at `budgets`) and
-    against inference NFE per image (base, best-of-N, DNO, ReNO, and the trained methods at
-    their final budget)."""
+    against inference NFE per image (base, best-of-N, DNO, ReNO, the trained methods at
+    their final budget, and the base under other sampler settings: `knobs`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,7 +114,7 @@ def plot(points: list[Point], path: Path, budgets: list[int] = ()) -> None:
 
     metric = headline(points)
     colours = dict(zip(LINES, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
-    fig, (train_ax, infer_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (train_ax, infer_ax) = plt.subplots(1, 2, figsize=(12.5, 4.2))
     for method in TRAINED:
         mine = [p for p in points if p.method == method]
         if mine:
@@ -127,6 +137,8 @@ def plot(points: list[Point], path: Path, budgets: list[int] = ()) -> None:
                 label=method,
                 color=colours[method],
             )
+    if knobs:
+        _knob_marks(infer_ax, knobs, metric)
     base = [getattr(p, metric) for p in points if p.method == "base"]
     label = "eval exact match" if metric == "exact" else "eval reward score"
     for ax in (train_ax, infer_ax):
@@ -138,6 +150,7 @@ def plot(points: list[Point], path: Path, budgets: list[int] = ()) -> None:
         title="Training budget\n(bars: the gain's paired 95 % CI; band: ± sd over seeds)",
     )
     infer_ax.set(xlabel="inference NFE per image", title="Inference budget")
+    infer_ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside: lines cross
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -160,6 +173,12 @@ def _training_line(ax, mine: list[Point], metric: str, colour) -> None:
             alpha=0.15,
             linewidth=0,
         )
+
+
+def _knob_marks(ax, knobs: list[Point], metric: str) -> None:
+    """The base under other sampler settings as crosses (knobs/knobs.md names each)."""
+    x, y = [p.inference_nfe for p in knobs], [getattr(p, metric) for p in knobs]
+    ax.scatter(x, y, marker="x", color="black", label="base, other steps / CFG")
 
 
 def _log_nfe_axis(ax, base: float | None, label: str) -> None:

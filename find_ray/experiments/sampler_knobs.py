@@ -9,7 +9,7 @@ and eval noise and paired with the bench's saved base (a knob that changes nothi
 
 A knob of several space-separated overrides (--knob "model.steps=12 model.guidance=2.0") sets
 them together. Each knob's evaluation is saved as a cell under <bench.out_dir>/knobs/ (a rerun
-reuses it); writes knobs.{json,md} there.
+reuses it); writes knobs.{json,md} there and redraws the bench's plot with them.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from find_ray.bench import BenchConfig, load_bench_config
+from find_ray.bench import BenchConfig, load_bench_config, run_bench
 from find_ray.bench.aggregate import seeds_point
 from find_ray.bench.bench import Bench, Point
 from find_ray.bench.cells import Cell, CellKey, Evaluation, slug
@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     data = {"command": command, "points": [asdict(p) for p in points]}
     write_json(out / "knobs" / "knobs.json", data)
     publish(out / "knobs" / "knobs.md", lines)
+    run_bench(cfg, progress=False, max_cells=0)  # bench.png's inference panel shows the knobs
 
 
 if __name__ == "__main__":
