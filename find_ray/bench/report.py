@@ -137,8 +137,9 @@ def plot(points: list[Point], path: Path, budgets: list[int] = (), knobs: list[P
                 label=method,
                 color=colours[method],
             )
-    if knobs:
-        _knob_marks(infer_ax, knobs, metric)
+    if knobs:  # the base under other sampler settings (knobs/knobs.md names each)
+        x, y = [p.inference_nfe for p in knobs], [getattr(p, metric) for p in knobs]
+        infer_ax.scatter(x, y, marker="x", color="black", label="base, other steps / CFG")
     base = [getattr(p, metric) for p in points if p.method == "base"]
     label = "eval exact match" if metric == "exact" else "eval reward score"
     for ax in (train_ax, infer_ax):
@@ -150,6 +151,7 @@ def plot(points: list[Point], path: Path, budgets: list[int] = (), knobs: list[P
         title="Training budget\n(bars: the gain's paired 95 % CI; band: ± sd over seeds)",
     )
     infer_ax.set(xlabel="inference NFE per image", title="Inference budget")
+    train_ax.legend(fontsize=8)
     infer_ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside: lines cross
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -175,14 +177,9 @@ def _training_line(ax, mine: list[Point], metric: str, colour) -> None:
         )
 
 
-def _knob_marks(ax, knobs: list[Point], metric: str) -> None:
-    """The base under other sampler settings as crosses (knobs/knobs.md names each)."""
-    x, y = [p.inference_nfe for p in knobs], [getattr(p, metric) for p in knobs]
-    ax.scatter(x, y, marker="x", color="black", label="base, other steps / CFG")
-
-
 def _log_nfe_axis(ax, base: float | None, label: str) -> None:
-    """An NFE axis on a log scale with plain tick labels, the base as a dashed line."""
+    """An NFE axis on a log scale with plain tick labels, the base as a dashed line (labelled
+    for the legend)."""
     import matplotlib.ticker
 
     if base is not None:
@@ -191,7 +188,6 @@ def _log_nfe_axis(ax, base: float | None, label: str) -> None:
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_ylabel(label)
-    ax.legend(fontsize=8)
 
 
 def before_after(prompts: list[str], base: Cell, cell: Cell):
